@@ -1,6 +1,8 @@
 """The `omni` command group."""
 import click
 
+from .sim import sim
+
 
 @click.group()
 def main():
@@ -9,4 +11,8 @@ def main():
 
 @main.command()
 def version():
+    """Print the version."""
     click.echo("omni 0.1.0")
+
+
+main.add_command(sim)
