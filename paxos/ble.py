@@ -88,6 +88,7 @@ class BallotLeaderElection:
         self._adopt_highest_ballot()
         self._update_happiness()
         self._maybe_take_over()
+        self._outbid_stale_promises()
         self._start_round()
         self._sync_with_promise()
         return self.ballot if self.leader == self.ballot else None
@@ -114,6 +115,24 @@ class BallotLeaderElection:
             self.leader = self.ballot
             self.happy = True
             self.stats["takeovers"] += 1
+
+    def _outbid_stale_promises(self) -> None:
+        """Omni: a leader raises its ballot above a peer's promise that no node holds as its ballot any more.
+
+        A node that crashed while leading restarts still promised to its old ballot, which may exceed the
+        ballot the others elected meanwhile; it then refuses every Prepare of the happy leader for ever
+        (upstream has the same gap). We outbid such a promise only when its owner answered this round with
+        a different ballot, so it is certainly dead: never a live leader we merely cannot hear.
+        """
+        if self.leader != self.ballot:
+            return
+        owners = {r.ballot.pid: r.ballot for r in self.replies}
+        stale = [r.leader for r in self.replies
+                 if r.leader > self.ballot and r.leader.pid in owners and owners[r.leader.pid] != r.leader]
+        if stale:
+            self.ballot = Ballot(max(stale).n + 1, self.ballot.priority, self.pid)
+            self.leader = self.ballot
+            self.stats["outbid_stale_promise"] += 1
 
     def _start_round(self) -> None:
         self.hb_round += 1
