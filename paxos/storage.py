@@ -153,8 +153,11 @@ class MemoryStorage:
 
     def write(self, groups: Sequence[WriteGroup]) -> None:
         for group in groups:
-            trial = self._state.clone()
-            for op in group:
-                apply_op(trial, op)
-            self._state = trial  # all or nothing: only a fully applied group replaces the state
+            if len(group) == 1:  # apply_op checks before it changes anything, so one op is atomic as is
+                apply_op(self._state, group[0])
+            else:
+                trial = self._state.clone()
+                for op in group:
+                    apply_op(trial, op)
+                self._state = trial  # all or nothing: only a fully applied group replaces the state
             self.groups_written += 1
