@@ -1,7 +1,10 @@
 """The `omni` command group."""
 import click
 
+from .kv import kv
+from .node import cluster, node
 from .sim import sim
+from .status import status
 
 
 @click.group()
@@ -16,3 +19,7 @@ def version():
 
 
 main.add_command(sim)
+main.add_command(kv)
+main.add_command(status)
+main.add_command(node)
+main.add_command(cluster)

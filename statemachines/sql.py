@@ -10,6 +10,11 @@ because every replica fails it the same way. The write connection runs in WAL mo
 ``synchronous=FULL``; queries use a second, read-only connection. Which SQL is refused, and why, is in
 sql_guard.py; the stamped stand-ins for the clock and randomness are in sql_stamp.py.
 
+Ops: ``execute {sql, params?}`` or ``execute {statements: [[sql, params?], ...]}`` (a write; one statement
+per entry) -> ``{"results": [{"rows_affected", "last_insert_rowid"}, ...]}``, where ``last_insert_rowid``
+is the rowid of the latest INSERT in this command so far, 0 before any; ``query {sql, params?}`` (a read)
+-> ``{"columns": [...], "rows": [[...], ...]}``. Parameters are a list (positional) or a map (named).
+
 ## Determinism
 
 Replicas must never diverge, so nothing a command does may depend on the node that applies it.
@@ -30,7 +35,8 @@ Stamped (made deterministic from the stamp):
 Refused with ``SQL_ERROR`` (in ``prepare()`` when visible in the text, always in ``apply()``):
 - the ``'localtime'`` and ``'utc'`` date modifiers (they depend on the node's time zone);
 - ``'now'``, ``CURRENT_*`` and argument-less date functions in CHECK constraints, generated columns and
-  index expressions (plain SQLite refuses them too, and the value would depend on when a row is written);
+  index expressions (plain SQLite refuses most of these too: the value would depend on when a row is
+  written, and a file whose schema plain SQLite rejects would be a trap);
 - ``total_changes()`` (counts since the connection opened), ``sqlite_version()``, ``sqlite_source_id()``,
   ``sqlite_compileoption_get/used()``, ``fts5_source_id()`` (differ between SQLite builds),
   ``sqlite_offset()``, ``load_extension()``, ``fts3_tokenizer()``; the node-local tables ``dbstat``,
@@ -38,9 +44,12 @@ Refused with ``SQL_ERROR`` (in ``prepare()`` when visible in the text, always in
 - ``ATTACH``, ``DETACH``, ``VACUUM`` (and ``VACUUM INTO``), ``BEGIN``/``COMMIT``/``ROLLBACK``/
   ``SAVEPOINT``/``RELEASE`` (a command is one transaction), temporary tables/views/indexes/triggers
   (they live in one connection and vanish on restart);
-- every ``PRAGMA`` in execute except ``user_version``, ``application_id`` (stored in the file) and
-  schema introspection (``table_info`` and friends); ``foreign_keys=ON`` and ``recursive_triggers=OFF``
-  are fixed on every node. Queries may also read settings (``PRAGMA journal_mode``) but set nothing.
+- every ``PRAGMA`` that sets something, except ``user_version`` and ``application_id`` (stored in the
+  file, so replicated); ``journal_mode=WAL``, ``synchronous=FULL``, ``foreign_keys=ON`` and
+  ``recursive_triggers=OFF`` are fixed on every node. Reading a setting is harmless (execute returns no
+  rows), but in execute the table-valued ``pragma_*`` functions that could copy a node-local value
+  (``pragma_page_count``, ``pragma_database_list``, ...) into a table are refused; schema introspection
+  (``pragma_table_info`` and friends) is allowed.
 
 Not refused, but deterministic all the same: ``'now'`` that arrives at run time (from a parameter or a
 column) inside a CHECK constraint, index or generated column reads the stamped time, where plain SQLite
@@ -185,9 +194,9 @@ class SQLStateMachine(StateMachine):
             with self._internal():
                 self._conn.execute("COMMIT")
         except (sqlite3.Error, ValueError, OverflowError) as e:  # ValueError: e.g. NUL in the SQL text
-            self._rollback()
             raise self._sql_error(e) from None
         finally:
+            self._rollback()  # after any failure, even one that is not SQL's; a no-op after COMMIT
             self._stamper.end()
         self._applied = index + 1
         return {"results": results}
@@ -210,8 +219,9 @@ class SQLStateMachine(StateMachine):
                 self._conn.execute(self._set_applied_sql, (applied,))
                 self._conn.execute("COMMIT")
         except sqlite3.Error as e:
-            self._rollback()
             raise SQLNodeError(f"could not record applied index {applied}: {e}") from e
+        finally:
+            self._rollback()
         self._applied = applied
 
     def _sql_error(self, e: Exception) -> Exception:
@@ -252,19 +262,11 @@ class SQLStateMachine(StateMachine):
 
     def restore(self, data: bytes) -> None:
         """Replace the database with a snapshot, in one transaction on the (durable) file."""
-        if not bytes(data[:16]) == b"SQLite format 3\x00":
-            raise ValueError("not an Omni SQL snapshot: no SQLite header")
-        data = _rollback_journal_header(data)
-        src = sqlite3.connect(":memory:")
+        src = _open_snapshot(data)
         try:
-            src.deserialize(data)
-            check = src.execute("PRAGMA quick_check").fetchone()[0]
-            has_meta = src.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (META_TABLE,)).fetchone()
-            if check != "ok" or not has_meta:
-                raise ValueError(f"not an Omni SQL snapshot: quick_check={check!r}, meta={bool(has_meta)}")
             src.backup(self._conn)  # one step (pages=-1): the destination changes atomically
         except sqlite3.Error as e:
-            raise ValueError(f"not an Omni SQL snapshot: {e}") from e
+            raise SQLNodeError(f"could not write the restored database: {e}") from e
         finally:
             src.close()
         self._applied = self._read_applied()
@@ -281,6 +283,24 @@ class SQLStateMachine(StateMachine):
         self._reader.close()
         self._conn.close()
         self._stamper.close()
+
+
+def _open_snapshot(data: bytes) -> sqlite3.Connection:
+    """An in-memory database holding the snapshot, checked; ValueError if it is not a sound one."""
+    if not bytes(data[:16]) == b"SQLite format 3\x00":
+        raise ValueError("not an Omni SQL snapshot: no SQLite header")
+    src = sqlite3.connect(":memory:")
+    try:
+        src.deserialize(_rollback_journal_header(data))
+        check = src.execute("PRAGMA quick_check").fetchone()[0]
+        has_meta = src.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (META_TABLE,)).fetchone()
+    except sqlite3.Error as e:
+        src.close()
+        raise ValueError(f"not an Omni SQL snapshot: {e}") from e
+    if check != "ok" or not has_meta:
+        src.close()
+        raise ValueError(f"not an Omni SQL snapshot: quick_check={check!r}, has {META_TABLE}={bool(has_meta)}")
+    return src
 
 
 def _rollback_journal_header(image: bytes) -> bytes:

@@ -90,18 +90,27 @@ DATE_FUNCTIONS = {"DATE", "TIME", "DATETIME", "JULIANDAY", "UNIXEPOCH", "STRFTIM
 
 
 def pragma_refusal(name: str, has_arg: bool, *, write: bool) -> str | None:
-    """Why a PRAGMA is refused in execute (write) or query, or None if it is allowed."""
+    """Why a PRAGMA is refused in execute (write) or query, or None if it is allowed.
+
+    Reading a setting is allowed in execute too (execute returns no rows, and SQLite's own modules, such
+    as fts5, read ``data_version`` on the connection); a pragma's value can reach the data only through a
+    table-valued ``pragma_*`` function, which `Guard.write_authorizer` checks separately.
+    """
     name = name.lower()
-    if name in SCHEMA_PRAGMAS:
+    if name in SCHEMA_PRAGMAS or (name in READ_PRAGMAS and not has_arg):
         return None
     if write and name in SETTABLE_PRAGMAS:
         return None
-    if not write and name in READ_PRAGMAS and not has_arg:
-        return None
     where = "execute" if write else "query"
     return (f"PRAGMA {name} is refused in {where}: connection and durability settings are fixed by "
-            f"Omni and must be the same on every replica (allowed in execute: "
-            f"{', '.join(sorted(SETTABLE_PRAGMAS))} and schema introspection)")
+            f"Omni and must be the same on every replica (settable in execute: "
+            f"{', '.join(sorted(SETTABLE_PRAGMAS))})")
+
+
+def _node_local_pragma_table(table: str) -> bool:
+    """True for pragma_xxx tables whose rows differ between nodes (file layout, paths, build)."""
+    table = table.lower()
+    return table.startswith("pragma_") and table[7:] not in SCHEMA_PRAGMAS | SETTABLE_PRAGMAS
 
 
 def static_refusal(sql: str) -> str | None:
@@ -144,7 +153,7 @@ def _pragma_text_refusal(toks: list[tuple[str, str]]) -> str | None:
         rest = rest[2:]
     if not rest or rest[0][0] not in ("word", "quoted"):
         return None  # malformed: let SQLite report the syntax error
-    has_arg = len(rest) > 1
+    has_arg = any(text in ("=", "(") for _, text in rest[1:2])
     return pragma_refusal(rest[0][1].strip('"`[]'), has_arg, write=True)
 
 
@@ -195,10 +204,13 @@ def _uses_now(toks: list[tuple[str, str]]) -> bool:
             return True
         if kind == "word" and text in ("CURRENT_TIMESTAMP", "CURRENT_DATE", "CURRENT_TIME"):
             return True
-        if kind == "word" and text in DATE_FUNCTIONS and toks[i + 1:i + 3] == [("other", "("), ("other", ")")]:
+        if kind != "word" or text not in DATE_FUNCTIONS:
+            continue
+        if [t for _, t in toks[i + 1:i + 3]] == ["(", ")"]:
             return True  # date() means date('now')
-        if (kind == "word" and text == "STRFTIME" and [k for k, _ in toks[i + 1:i + 4]] == ["other", "string", "other"]
-                and toks[i + 3][1] == ")"):
+        after = toks[i + 1:i + 4]
+        if text == "STRFTIME" and len(after) == 3 and after[0][1] == "(" and after[1][0] == "string" \
+                and after[2][1] == ")":
             return True  # strftime(format) means strftime(format, 'now')
     return False
 
@@ -236,7 +248,7 @@ class Guard:
             return self.refuse("ATTACH, DETACH and VACUUM are refused: every replica has exactly one database")
         if action in (_A.SQLITE_TRANSACTION, _A.SQLITE_SAVEPOINT):
             return self.refuse("transaction control is refused: each execute command is one transaction")
-        if action in _TEMP_ACTIONS:
+        if action in _TEMP_ACTIONS or (dbname == "temp" and action not in _READ_ACTIONS):
             return self.refuse("temporary tables, views, indexes and triggers are refused: they live in one "
                                "node's connection and vanish on restart")
         if action == _A.SQLITE_PRAGMA:
@@ -244,6 +256,10 @@ class Guard:
             return self.refuse(why) if why else sqlite3.SQLITE_OK
         if action == _A.SQLITE_FUNCTION and (arg2 or "").lower() in REFUSED_FUNCTIONS:
             return self.refuse(f"{arg2.lower()}() is refused in execute: {REFUSED_FUNCTIONS[arg2.lower()]}")
+        if action == _A.SQLITE_CREATE_VTABLE and (arg2 or "").lower() in NODE_LOCAL_TABLES:
+            return self.refuse(f"virtual tables using {arg2} are refused: it describes one node")
+        if action == _A.SQLITE_READ and _node_local_pragma_table(arg1 or ""):
+            return self.refuse(f"{arg1} is refused in execute: its rows differ between nodes")
         if action == _A.SQLITE_READ and (arg1 or "").lower() in NODE_LOCAL_TABLES:
             return self.refuse(f"{arg1} is refused in execute: it describes one node, not the replicated data")
         if action not in _READ_ACTIONS and META_TABLE in ((arg1 or "").lower(), (arg2 or "").lower()):

@@ -1,0 +1,139 @@
+"""The Applier actor: applies the decided log to the state machine, in order, exactly once.
+
+Log entries are msgpack maps made by a ClientGateway: a write ``{"w": command, "o": origin node, "r":
+request number, "cl"?: client, "sq"?: seq}`` or a linearizable read ``{"q": request, "o", "r"}`` that
+answers at its place in the log. Every node applies every entry; the node named by ``"o"`` answers its
+client. Retries are deduplicated by `Sessions`, which is part of the replicated state: built only from
+the log in log order, so every node holds the same table and a retry sent to another node after a
+failover is recognised too. Queries at the `local` and `leader` levels are answered from the current state
+once at least ``min_applied`` entries are applied.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from omni.paxos import DecidedEntries, DecidedSnapshot, StopSign
+from omni.statemachines import StateMachine, StateMachineError
+
+from .messages import Apply, Query, Reply
+from .supervision import SupervisedActor
+
+log = logging.getLogger("omni.applier")
+
+SEQS_PER_CLIENT = 64
+MAX_CLIENTS = 100_000
+
+
+class Sessions:
+    """Per client, the results of its last SEQS_PER_CLIENT writes; deterministic, so replicated alike."""
+
+    def __init__(self) -> None:
+        self.clients: OrderedDict[str, OrderedDict] = OrderedDict()
+        self.floor: dict[str, int] = {}
+
+    def lookup(self, client: str, seq: int):
+        """The stored result of (client, seq); raises StateMachineError for a seq too old to know."""
+        seqs = self.clients.get(client)
+        if seqs is not None and seq in seqs:
+            return seqs[seq]
+        if seq < self.floor.get(client, 0):
+            raise StateMachineError("BAD_REQUEST", f"sequence number {seq} of client {client} is too old to "
+                                                   f"tell whether it was applied; use a new sequence number")
+        return None
+
+    def record(self, client: str, seq: int, result: tuple) -> None:
+        seqs = self.clients.setdefault(client, OrderedDict())
+        self.clients.move_to_end(client)
+        seqs[seq] = result
+        while len(seqs) > SEQS_PER_CLIENT:
+            old, _ = seqs.popitem(last=False)
+            self.floor[client] = max(self.floor.get(client, 0), old + 1)
+        while len(self.clients) > MAX_CLIENTS:
+            gone, _ = self.clients.popitem(last=False)
+            self.floor.pop(gone, None)
+
+
+class ApplierActor(SupervisedActor):
+    def __init__(self, node, state_machine: StateMachine):
+        super().__init__(node)
+        self.sm = state_machine
+        self.applied = state_machine.applied_index
+        self.sessions = Sessions()
+        self.waiting: list[Query] = []
+
+    def on_receive(self, message):
+        if isinstance(message, Apply):
+            for item in message.items:
+                self._apply_item(item)
+            self._answer_waiting()
+        elif isinstance(message, Query):
+            if message.min_applied <= self.applied:
+                self._answer(message)
+            else:
+                self.waiting.append(message)
+
+    def _apply_item(self, item) -> None:
+        if isinstance(item, DecidedSnapshot):
+            if item.idx > self.applied:
+                raise RuntimeError(f"entries below {item.idx} were compacted before this node applied them "
+                                   f"(applied {self.applied}); state transfer is needed")
+            return
+        assert isinstance(item, DecidedEntries)
+        for offset, entry in enumerate(item.entries):
+            idx = item.start + offset
+            if idx >= self.applied:
+                self._apply_entry(idx, entry)
+                self.applied = idx + 1
+
+    def _apply_entry(self, idx: int, entry) -> None:
+        if isinstance(entry, StopSign):
+            log.info("configuration %s ends at index %d; next: %s", self.node.config_id, idx, entry)
+            return
+        if not isinstance(entry, dict):
+            log.error("skipping undecodable entry %d: %r", idx, entry)
+            return
+        if "q" in entry:
+            outcome = self._run(lambda: self.sm.query(entry["q"]))
+        elif "w" in entry:
+            outcome = self._apply_write(idx, entry)
+        else:
+            log.error("skipping entry %d without a command: %r", idx, entry)
+            return
+        if entry.get("o") == self.node.pid and isinstance(entry.get("r"), int):
+            self.node.gateway.tell(Reply(entry["r"], *outcome))
+
+    def _apply_write(self, idx: int, entry: dict) -> tuple:
+        client, seq = entry.get("cl"), entry.get("sq")
+        if isinstance(client, str) and isinstance(seq, int):
+            try:
+                known = self.sessions.lookup(client, seq)
+            except StateMachineError as exc:
+                return (False, None, exc.code, exc.message)
+            if known is not None:
+                return known
+            outcome = self._run(lambda: self.sm.apply(idx, entry["w"]))
+            self.sessions.record(client, seq, outcome)
+            return outcome
+        return self._run(lambda: self.sm.apply(idx, entry["w"]))
+
+    @staticmethod
+    def _run(call) -> tuple:
+        try:
+            return (True, call(), "", "")
+        except StateMachineError as exc:
+            return (False, None, exc.code, exc.message)
+
+    def _answer(self, query: Query) -> None:
+        self.node.gateway.tell(Reply(query.req, *self._run(lambda: self.sm.query(query.request))))
+
+    def _answer_waiting(self) -> None:
+        if self.waiting:
+            ready = [q for q in self.waiting if q.min_applied <= self.applied]
+            self.waiting = [q for q in self.waiting if q.min_applied > self.applied]
+            for query in ready:
+                self._answer(query)
+
+    def release(self) -> None:
+        super().release()
+        self.sm.close()

@@ -1,0 +1,91 @@
+"""The two consensus actors: thin shells around the protocol cores in `omni.paxos`.
+
+`SequencePaxosActor` feeds its core everything that arrives (peer messages, proposals, ticks, leader
+ballots, reconnects) and drains the core's `Ready` only when its mailbox is empty: under load many
+proposals are folded into one batch (one AcceptDecide per follower, one storage transaction), and when the
+node is idle each proposal goes out at once. The Ready goes to the Storage actor, which alone may release
+its messages and decisions (after fsync). `BleActor` runs Ballot Leader Election on its own thread, so
+heartbeats are answered promptly however busy replication is; heartbeats need no persistence and go
+straight to the transport.
+"""
+from __future__ import annotations
+
+import logging
+
+
+from omni.paxos import BallotLeaderElection, ProposalRejected, SequencePaxos
+
+from .messages import Inbound, LeadWith, NodeStatus, Persist, PromiseChanged, Propose, Reconnected, Reply, Tick
+from .supervision import SupervisedActor
+
+log = logging.getLogger("omni.consensus")
+
+
+class SequencePaxosActor(SupervisedActor):
+    def __init__(self, node, core: SequencePaxos):
+        super().__init__(node)
+        self.core = core
+        self._status = None
+        self._promise = None
+
+    def on_receive(self, message):
+        core = self.core
+        if isinstance(message, Inbound):
+            core.handle(message.env)
+        elif isinstance(message, Propose):
+            self._propose(message.entries)
+        elif isinstance(message, Tick):
+            core.tick()
+        elif isinstance(message, LeadWith):
+            core.handle_leader(message.ballot)
+        elif isinstance(message, Reconnected):
+            core.reconnected(message.pid)
+        else:
+            log.warning("SequencePaxosActor ignored %r", message)
+        if self.actor_inbox.empty():
+            self._drain()
+
+    def _propose(self, entries) -> None:
+        try:
+            self.core.propose(entries)
+        except ProposalRejected as exc:
+            for entry in entries:
+                if isinstance(entry, dict) and entry.get("o") == self.node.pid and "r" in entry:
+                    self.node.gateway.tell(Reply(entry["r"], False, code="UNAVAILABLE", message=str(exc)))
+
+    def _drain(self) -> None:
+        ready = self.core.take_ready()
+        if ready:
+            self.node.storage.tell(Persist(ready))
+        self._publish()
+
+    def _publish(self) -> None:
+        core = self.core
+        if core.promise != self._promise:
+            self._promise = core.promise
+            self.node.ble.tell(PromiseChanged(core.promise))
+        status = NodeStatus(leader=core.leader(), role=core.role.value, ballot=core.promise,
+                            decided_idx=core.decided_idx, config_id=core.cfg.config_id, members=core.nodes,
+                            accepting=core.is_accepting_leader())
+        if status != self._status:
+            self._status = status
+            self.node.gateway.tell(status)
+
+
+class BleActor(SupervisedActor):
+    def __init__(self, node, core: BallotLeaderElection):
+        super().__init__(node)
+        self.core = core
+
+    def on_receive(self, message):
+        core = self.core
+        if isinstance(message, Inbound):
+            core.handle(message.env)
+        elif isinstance(message, Tick):
+            ballot = core.tick()
+            if ballot is not None:
+                self.node.sequence_paxos.tell(LeadWith(ballot))
+        elif isinstance(message, PromiseChanged):
+            core.observe_promise(message.ballot)
+        for env in core.take_outgoing():
+            self.node.outbox.send_core(env)

@@ -1,0 +1,214 @@
+"""The ClientGateway actor: the client protocol of DESIGN.md section 5, and nothing a client sends kills it.
+
+Each frame is decoded and checked here; anything malformed gets an error reply (BAD_REQUEST, UNKNOWN_OP,
+TOO_LARGE) and the gateway moves on. Valid requests are routed:
+- ``ping`` and ``status`` are answered at once;
+- writes become log entries proposed through SequencePaxos; this node answers once its own Applier has
+  applied the entry (so any node serves any client, no redirects);
+- reads by consistency: ``linearizable`` (default) goes through the log as a read entry; ``leader`` is
+  served from the leader's state (forwarded to the leader when this node is not it); ``local`` is served
+  from this node's state at once and may be stale.
+A request that is not answered within its timeout gets TIMEOUT, an indefinite outcome: the write may
+still be applied later, which a retry with the same ``client`` and ``seq`` resolves safely.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import msgpack
+
+from omni.statemachines import StateMachine, StateMachineError
+
+from .messages import ClientFrame, NodeStatus, PeerReply, PeerRequest, Propose, Query, Reply, Tick
+from .supervision import SupervisedActor
+
+log = logging.getLogger("omni.gateway")
+
+MAX_REQUEST = 16 * 1024 * 1024
+DEFAULT_TIMEOUT = 5.0
+MAX_TIMEOUT = 300.0
+ENVELOPE_KEYS = ("id", "client", "seq", "consistency", "timeout")
+CONSISTENCY = ("linearizable", "leader", "local")
+
+
+class BadRequest(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class Pending:
+    """A request waiting for its outcome: where to answer, and until which tick."""
+
+    deadline: int
+    route: tuple = ()
+    rid: Any = None
+    peer: Optional[tuple] = None  # (origin node, its request number) when serving a forwarded read
+
+
+class GatewayActor(SupervisedActor):
+    def __init__(self, node, validator: StateMachine, tick_seconds: float):
+        super().__init__(node)
+        self.validator = validator  # a private instance: is_write/prepare only, never applied to
+        self.tick_seconds = tick_seconds
+        self.status: Optional[NodeStatus] = None
+        self.pending: dict[int, Pending] = {}
+        self.next_req = 0
+        self.now = 0
+        self.late_replies = 0
+
+    def on_receive(self, message):
+        if isinstance(message, ClientFrame):
+            self._on_frame(message)
+        elif isinstance(message, Reply):
+            self._finish(message.req, _reply_map(message))
+        elif isinstance(message, PeerReply):
+            self._finish(message.req, message.reply)
+        elif isinstance(message, PeerRequest):
+            self._serve_forwarded_read(message)
+        elif isinstance(message, NodeStatus):
+            self.status = message
+        elif isinstance(message, Tick):
+            self.now += 1
+            self._expire()
+
+    # ---- requests ----------------------------------------------------------------------------------
+
+    def _on_frame(self, frame: ClientFrame) -> None:
+        rid = None
+        try:
+            if len(frame.body) > MAX_REQUEST:
+                raise BadRequest("TOO_LARGE", f"request of {len(frame.body)} bytes exceeds {MAX_REQUEST}")
+            request = _decode(frame.body)
+            rid = request.get("id")
+            self._dispatch(frame.route, rid, request)
+        except BadRequest as exc:
+            self._send(frame.route, _error(exc.code, exc.message, rid))
+        except StateMachineError as exc:
+            self._send(frame.route, _error(exc.code, exc.message, rid))
+
+    def _dispatch(self, route: tuple, rid, request: dict) -> None:
+        op = request["op"]
+        if op == "ping":
+            return self._send(route, _ok({"node": self.node.pid}, rid))
+        if op == "status":
+            return self._send(route, _ok(self._status_result(), rid))
+        client, seq, consistency, timeout = _envelope(request)
+        body = {k: v for k, v in request.items() if k not in ENVELOPE_KEYS}
+        write = self.validator.is_write(body)  # may refuse the request: before anything is tracked
+        command = self.validator.prepare(body) if write else None
+        req = self._track(route, rid, timeout)
+        if write:
+            entry = {"w": command, "o": self.node.pid, "r": req}
+            if client is not None:
+                entry["cl"], entry["sq"] = client, seq
+            self.node.sequence_paxos.tell(Propose((entry,)))
+        elif consistency == "local":
+            self.node.applier.tell(Query(req, body))
+        elif consistency == "leader":
+            self._leader_read(req, body)
+        else:
+            self.node.sequence_paxos.tell(Propose(({"q": body, "o": self.node.pid, "r": req},)))
+
+    def _track(self, route: tuple, rid, timeout: float) -> int:
+        self.next_req += 1
+        self.pending[self.next_req] = Pending(self.now + max(1, round(timeout / self.tick_seconds)), route, rid)
+        return self.next_req
+
+    def _leader_read(self, req: int, body: dict) -> None:
+        status = self.status
+        if status is not None and status.accepting:
+            self.node.applier.tell(Query(req, body, min_applied=status.decided_idx))
+        elif status is not None and status.leader not in (0, self.node.pid):
+            self.node.outbox.send_node(status.leader, PeerRequest(self.node.pid, req, body))
+        else:
+            self._finish(req, _error("UNAVAILABLE", "no leader is known right now", None))
+
+    def _serve_forwarded_read(self, msg: PeerRequest) -> None:
+        status = self.status
+        if status is None or not status.accepting:
+            reply = _error("UNAVAILABLE", f"node {self.node.pid} is not the leader", None)
+            self.node.outbox.send_node(msg.origin, PeerReply(msg.req, reply))
+            return
+        self.next_req += 1
+        deadline = self.now + round(MAX_TIMEOUT / self.tick_seconds)
+        self.pending[self.next_req] = Pending(deadline, peer=(msg.origin, msg.req))
+        self.node.applier.tell(Query(self.next_req, msg.request, min_applied=status.decided_idx))
+
+    # ---- replies -------------------------------------------------------------------------------------
+
+    def _finish(self, req: int, reply: dict) -> None:
+        pending = self.pending.pop(req, None)
+        if pending is None:
+            self.late_replies += 1  # it timed out already; the client was told TIMEOUT
+            return
+        if pending.peer is not None:
+            origin, their_req = pending.peer
+            self.node.outbox.send_node(origin, PeerReply(their_req, reply))
+        else:
+            self._send(pending.route, {**reply, "id": pending.rid})
+
+    def _expire(self) -> None:
+        expired = [req for req, p in self.pending.items() if p.deadline <= self.now]
+        for req in expired:
+            self._finish(req, _error("TIMEOUT", "no outcome within the timeout; a write may still be applied "
+                                                "(retry with the same client and seq)", None))
+
+    def _send(self, route: tuple, reply: dict) -> None:
+        if route:
+            self.node.outbox.send_client(route, msgpack.packb(reply, use_bin_type=True))
+
+    def _status_result(self) -> dict:
+        s = self.status
+        result = {"node": self.node.pid, "state_machine": self.node.state_machine_name,
+                  "leader": 0, "role": "follower", "ballot": [0, 0, 0], "decided_idx": 0,
+                  "config_id": self.node.config_id, "members": list(self.node.members)}
+        if s is not None:
+            result.update(leader=s.leader, role=s.role, ballot=[s.ballot.n, s.ballot.priority, s.ballot.pid],
+                          decided_idx=s.decided_idx, config_id=s.config_id, members=list(s.members))
+        return result
+
+
+def _decode(body: bytes) -> dict:
+    try:
+        request = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise BadRequest("BAD_REQUEST", f"the frame is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(request, dict):
+        raise BadRequest("BAD_REQUEST", "the frame must be a msgpack map")
+    if not isinstance(request.get("op"), str):
+        raise BadRequest("BAD_REQUEST", "the request needs an \"op\" string")
+    return request
+
+
+def _envelope(request: dict) -> tuple:
+    client, seq = request.get("client"), request.get("seq")
+    if (client is None) != (seq is None):
+        raise BadRequest("BAD_REQUEST", "\"client\" and \"seq\" go together")
+    if client is not None and (not isinstance(client, str) or not client or isinstance(seq, bool)
+                               or not isinstance(seq, int) or seq < 0):
+        raise BadRequest("BAD_REQUEST", "\"client\" must be a non-empty string and \"seq\" an integer >= 0")
+    consistency = request.get("consistency", "linearizable")
+    if consistency not in CONSISTENCY:
+        raise BadRequest("BAD_REQUEST", f"\"consistency\" must be one of {', '.join(CONSISTENCY)}")
+    timeout = request.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        raise BadRequest("BAD_REQUEST", f"\"timeout\" must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
+    return client, seq, consistency, float(timeout)
+
+
+def _ok(result, rid) -> dict:
+    return {"ok": True, "result": result, "id": rid}
+
+
+def _error(code: str, message: str, rid) -> dict:
+    return {"ok": False, "error": {"code": code, "message": message}, "id": rid}
+
+
+def _reply_map(reply: Reply) -> dict:
+    if reply.ok:
+        return {"ok": True, "result": reply.result}
+    return {"ok": False, "error": {"code": reply.code, "message": reply.message}}

@@ -1,0 +1,284 @@
+"""The node's durable log: Sequence Paxos's `LogState` in one SQLite file, written by the Storage actor.
+
+The core emits its state changes as atomic write groups (see `omni.paxos.storage`); this store persists
+them and loads them back at restart, with the same two calls as `MemoryStorage`. Its rules (DESIGN.md
+section 3):
+
+* `write(groups)` applies every group of the call in ONE transaction and commits once: many groups, one
+  fsync (group commit). It returns only when the commit is durable (WAL with ``synchronous=FULL``), so the
+  host may then send the messages that vouch for those writes. The whole call is all-or-nothing.
+* Groups are validated like `apply_op` validates them, and encoded, before the transaction begins; a bad
+  group raises ValueError/TypeError and leaves the store unchanged (the host should treat it as a bug).
+* Any SQLite error while writing or reading (disk full, I/O error, failed fsync) raises `StorageFailure`,
+  and the store refuses every later call: a failed fsync is never retried, the node stops (rule 5).
+* Every row carries a CRC32 of its blob, checked by `load()`; a mismatch raises `CorruptLog`, which is
+  fatal. A torn tail cannot reach us: SQLite's WAL ignores an incomplete last transaction when it opens
+  the file, and that is our "torn tail is dropped". So any mismatch we see is real corruption.
+
+Layout: ``log(idx, data, crc)`` holds one entry per absolute log index, from ``compacted_idx`` on, with no
+gaps; ``meta(key, value, crc)`` holds promise, accepted_round, decided_idx, compacted_idx, snapshot and
+stopsign. Values are msgpack (never pickle): a Ballot is ``[n, priority, pid]``, a StopSign is
+``[config_id, [nodes...], metadata]``. Entries and snapshots must be msgpack-compatible values and come
+back as msgpack decodes them: tuples come back as lists, maps may have non-string keys.
+
+One connection, used by one thread at a time (it may be opened in one thread and handed to the actor's).
+"""
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import msgpack
+
+from omni.paxos.messages import ZERO_BALLOT, Ballot, StopSign
+from omni.paxos.storage import (
+    AppendOnPrefix, Compact, LogState, SetAcceptedRound, SetDecidedIdx, SetPromise, SetStopSign, WriteGroup,
+)
+
+FORMAT_VERSION = 1  # kept in PRAGMA user_version; a file of another format is refused, not guessed at
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, data BLOB, crc INTEGER)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB, crc INTEGER)",
+)
+# SQLite result codes that mean the file itself is damaged rather than unreachable.
+_CORRUPTION_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+class LogStoreError(Exception):
+    """Base of the store's fatal errors: the node must stop."""
+
+
+class StorageFailure(LogStoreError):
+    """SQLite failed to read or write (disk full, I/O error, failed fsync); the store is unusable from now on."""
+
+
+class CorruptLog(LogStoreError):
+    """A row failed its checksum or the log has a gap: real corruption, never repaired automatically."""
+
+
+def _unpack(blob: bytes) -> Any:
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+class SQLiteLogStore:
+    """A `Storage` (``load()`` / ``write(groups)``) on one SQLite file in WAL mode with fsync on commit."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._failed: BaseException | None = None
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: far cheaper than msgpack.packb per call
+        self._conn: sqlite3.Connection | None = None
+        try:
+            # check_same_thread=False: the host loads in its main thread, then hands the store to the actor.
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._configure()
+            self._create_schema()
+            self._compacted_idx, self._log_len = self._read_bounds()
+        except BaseException as err:
+            self.close()
+            self._raise_fatal(err)
+
+    # -- public calls -------------------------------------------------------------------------------
+
+    def load(self) -> LogState:
+        """Read back everything, verifying every row: the state a restarted node resumes from."""
+        conn = self._usable()
+        try:
+            conn.execute("BEGIN")  # one read snapshot for meta and log together
+            try:
+                meta = self._read_meta()
+                state = self._state_from_meta(meta)
+                state.entries = self._read_entries(state.compacted_idx)
+            finally:
+                conn.execute("COMMIT")
+        except BaseException as err:
+            self._fail(err)
+        self._compacted_idx, self._log_len = state.compacted_idx, state.log_len
+        return state
+
+    def write(self, groups: Sequence[WriteGroup]) -> None:
+        """Persist ``groups`` in order, in one transaction; return only once it is durable."""
+        conn = self._usable()
+        meta, steps, bounds = self._plan(groups)  # raises ValueError/TypeError before anything is touched
+        if not meta and not steps:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for step in steps:
+                self._execute_step(conn, step)
+            conn.executemany("INSERT OR REPLACE INTO meta (key, value, crc) VALUES (?, ?, ?)",
+                             [(key, blob, zlib.crc32(blob)) for key, blob in meta.items()])
+            conn.execute("COMMIT")  # WAL + synchronous=FULL: the WAL is fsynced before this returns
+        except BaseException as err:
+            self._fail(err)
+        self._compacted_idx, self._log_len = bounds
+
+    def close(self) -> None:
+        """Release the connection; safe to call more than once."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> "SQLiteLogStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- opening ------------------------------------------------------------------------------------
+
+    def _configure(self) -> None:
+        conn = self._conn
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # e.g. ":memory:" cannot do WAL; we will not run without it
+            raise StorageFailure(f"{self.path}: journal_mode is {mode!r}, WAL is required")
+        conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit, not only at checkpoints
+
+    def _create_schema(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, FORMAT_VERSION):
+                raise StorageFailure(f"{self.path}: log format {version}, this code reads {FORMAT_VERSION}")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _read_bounds(self) -> tuple[int, int]:
+        """compacted_idx and log_len, so that write() can validate without a full load()."""
+        row = self._conn.execute("SELECT value, crc FROM meta WHERE key = 'compacted_idx'").fetchone()
+        compacted = self._decode("meta row 'compacted_idx'", *row) if row else 0
+        (top,) = self._conn.execute("SELECT MAX(idx) FROM log").fetchone()
+        return compacted, compacted if top is None else top + 1
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _decode(where: str, blob: Any, crc: Any) -> Any:
+        if not isinstance(blob, bytes) or zlib.crc32(blob) != crc:
+            raise CorruptLog(f"{where}: checksum mismatch (stored crc {crc!r})")
+        try:
+            return _unpack(blob)
+        except Exception as err:  # msgpack raises several types; with a good crc this is still corruption
+            raise CorruptLog(f"{where}: undecodable value ({err})") from err
+
+    def _read_meta(self) -> dict:
+        rows = self._conn.execute("SELECT key, value, crc FROM meta")
+        return {key: self._decode(f"meta row {key!r}", value, crc) for key, value, crc in rows}
+
+    @staticmethod
+    def _state_from_meta(meta: dict) -> LogState:
+        try:
+            stopsign = meta.get("stopsign")
+            return LogState(
+                promise=Ballot(*meta["promise"]) if "promise" in meta else ZERO_BALLOT,
+                accepted_round=Ballot(*meta["accepted_round"]) if "accepted_round" in meta else ZERO_BALLOT,
+                decided_idx=int(meta.get("decided_idx", 0)),
+                compacted_idx=int(meta.get("compacted_idx", 0)),
+                snapshot=meta.get("snapshot"),
+                stopsign=None if stopsign is None else StopSign(stopsign[0], tuple(stopsign[1]), stopsign[2]),
+            )
+        except (TypeError, ValueError, IndexError) as err:
+            raise CorruptLog(f"meta rows have an unexpected shape: {err}") from err
+
+    def _read_entries(self, start: int) -> list:
+        entries, expected, decode = [], start, self._decode
+        for idx, data, crc in self._conn.execute("SELECT idx, data, crc FROM log ORDER BY idx"):
+            if idx != expected:  # a gap, or a row the last Compact should have removed
+                raise CorruptLog(f"log row idx={idx}: expected idx {expected} next")
+            entries.append(decode(f"log row idx={idx}", data, crc))
+            expected += 1
+        return entries
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def _plan(self, groups: Sequence[WriteGroup]) -> tuple[dict, list, tuple[int, int]]:
+        """Validate and encode the call: final meta blobs by key, log steps in order, and the new bounds.
+
+        Only the last value of each meta key matters inside one transaction, and an append that starts
+        within the previous append's range simply edits it, so a call of many small groups costs one
+        DELETE and one executemany rather than one of each per group.
+        """
+        compacted, log_len = self._compacted_idx, self._log_len
+        meta: dict[str, Any] = {}
+        steps: list[list] = []
+        for group in groups:
+            for op in group:
+                if isinstance(op, AppendOnPrefix):
+                    if op.from_idx < compacted or op.from_idx > log_len:
+                        raise ValueError(f"append at {op.from_idx} outside log [{compacted}, {log_len}]")
+                    self._plan_append(steps, op.from_idx, [self._pack(e) for e in op.entries])
+                    log_len = op.from_idx + len(op.entries)
+                elif isinstance(op, Compact):
+                    if op.idx < compacted:
+                        raise ValueError(f"compact to {op.idx} below compacted index {compacted}")
+                    steps.append(["compact", op.idx])
+                    meta["compacted_idx"], meta["snapshot"] = op.idx, op.snapshot
+                    compacted, log_len = op.idx, max(log_len, op.idx)
+                elif isinstance(op, (SetPromise, SetAcceptedRound)):
+                    key = "promise" if isinstance(op, SetPromise) else "accepted_round"
+                    meta[key] = [op.ballot.n, op.ballot.priority, op.ballot.pid]
+                elif isinstance(op, SetDecidedIdx):
+                    meta["decided_idx"] = op.idx
+                elif isinstance(op, SetStopSign):
+                    ss = op.stopsign
+                    meta["stopsign"] = None if ss is None else [ss.config_id, list(ss.nodes), ss.metadata]
+                else:
+                    raise TypeError(f"not a write operation: {op!r}")
+        blobs = {key: self._pack(value) for key, value in meta.items()}
+        return blobs, steps, (compacted, log_len)
+
+    @staticmethod
+    def _plan_append(steps: list, from_idx: int, blobs: list) -> None:
+        last = steps[-1] if steps else None
+        if last is not None and last[0] == "append" and last[1] <= from_idx:
+            # Validation guarantees from_idx <= last's end here, so this is "truncate, then extend".
+            del last[2][from_idx - last[1]:]
+            last[2].extend(blobs)
+        else:
+            steps.append(["append", from_idx, blobs])
+
+    @staticmethod
+    def _execute_step(conn: sqlite3.Connection, step: list) -> None:
+        if step[0] == "compact":
+            conn.execute("DELETE FROM log WHERE idx < ?", (step[1],))
+            return
+        _, start, blobs = step
+        conn.execute("DELETE FROM log WHERE idx >= ?", (start,))
+        crc32 = zlib.crc32
+        conn.executemany("INSERT INTO log (idx, data, crc) VALUES (?, ?, ?)",
+                         [(start + i, blob, crc32(blob)) for i, blob in enumerate(blobs)])
+
+    # -- failure ------------------------------------------------------------------------------------
+
+    def _usable(self) -> sqlite3.Connection:
+        if self._failed is not None:
+            raise StorageFailure(f"{self.path}: store stopped after an earlier failure: {self._failed}")
+        if self._conn is None:
+            raise StorageFailure(f"{self.path}: store is closed")
+        return self._conn
+
+    def _fail(self, err: BaseException) -> None:
+        """Give up on the store for good: roll back what we can, refuse everything afterwards, re-raise."""
+        self._failed = err
+        if self._conn is not None and self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite may already have rolled back on its own (e.g. after SQLITE_FULL)
+        self._raise_fatal(err)
+
+    def _raise_fatal(self, err: BaseException) -> None:
+        if isinstance(err, LogStoreError) or not isinstance(err, sqlite3.Error):
+            raise err
+        if getattr(err, "sqlite_errorcode", None) in _CORRUPTION_CODES:
+            raise CorruptLog(f"{self.path}: SQLite reports a damaged file: {err}") from err
+        raise StorageFailure(f"{self.path}: {err}") from err

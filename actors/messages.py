@@ -1,0 +1,133 @@
+"""Messages the node's actors tell each other (never ask): frozen dataclasses, one line each on who sends it.
+
+These never leave the process. Protocol messages between nodes are `omni.paxos` messages inside an
+`Envelope`; node-level messages between nodes (a read forwarded to the leader and its answer) are
+`PeerRequest` / `PeerReply`, which the transport carries as plain msgpack maps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omni.paxos import Ballot, Envelope, Ready
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Ticker to BLE, SequencePaxos and ClientGateway, every tick interval."""
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """Transport to BLE or SequencePaxos: a decoded protocol message from a peer (or from this node)."""
+
+    env: Envelope
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """Transport to SequencePaxos: the link to ``pid`` was re-established; messages may have been lost."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class LeadWith:
+    """BLE to SequencePaxos: this node should lead with ``ballot``."""
+
+    ballot: Ballot
+
+
+@dataclass(frozen=True)
+class PromiseChanged:
+    """SequencePaxos to BLE: the ballot it has now promised."""
+
+    ballot: Ballot
+
+
+@dataclass(frozen=True)
+class Propose:
+    """ClientGateway to SequencePaxos: entries to append to the log."""
+
+    entries: tuple
+
+
+@dataclass(frozen=True)
+class Persist:
+    """SequencePaxos to Storage: a Ready batch to make durable, then release (send, apply)."""
+
+    ready: Ready
+
+
+@dataclass(frozen=True)
+class Apply:
+    """Storage to Applier: decided items (DecidedEntries / DecidedSnapshot), now durable, in log order."""
+
+    items: tuple
+
+
+@dataclass(frozen=True)
+class Query:
+    """ClientGateway to Applier: a read-only request to answer from the current state."""
+
+    req: int
+    request: dict
+    min_applied: int = 0  # answer only once this many entries are applied
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Applier (or a peer, via the transport) to ClientGateway: the outcome of request ``req``."""
+
+    req: int
+    ok: bool
+    result: Any = None
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """SequencePaxos to ClientGateway, whenever it changes: what `status` reports."""
+
+    leader: int
+    role: str
+    ballot: Ballot
+    decided_idx: int
+    config_id: int
+    members: tuple
+    accepting: bool = False
+
+
+@dataclass(frozen=True)
+class ClientFrame:
+    """Transport to ClientGateway: one request frame from the client socket, with its routing envelope."""
+
+    route: tuple  # ZeroMQ routing frames to send the reply back on
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PeerRequest:
+    """ClientGateway to the leader's ClientGateway (over the transport): serve this read at the leader."""
+
+    origin: int
+    req: int
+    request: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PeerReply:
+    """The leader's ClientGateway back to the origin node: the answer to a PeerRequest."""
+
+    req: int
+    reply: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """Any actor to the node supervisor: stop the whole process now, with this reason."""
+
+    reason: str
+    exit_code: int = 70
+    detail: Optional[str] = None

@@ -1,0 +1,178 @@
+"""One Omni node: the actors of DESIGN.md section 3 wired together, a ticker, and a supervisor.
+
+`Node.start()` opens the durable log, builds the protocol cores from it (a restarted node resumes in the
+Recover phase), starts the actors and the transport thread, and a ticker that tells Tick to the actors
+that need time. `Node.wait()` blocks until a signal or a fatal error: a failed actor, a storage failure
+or the transport dying stops the whole process with a non-zero exit code and a log line saying why,
+never leaving a half-alive node behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from omni.paxos import BallotLeaderElection, PaxosConfig, SequencePaxos
+from omni.statemachines import load_state_machine
+
+from .applier import ApplierActor
+from .consensus import BleActor, SequencePaxosActor
+from .gateway import GatewayActor
+from .log_store import SQLiteLogStore
+from .messages import Tick
+from .storage import StorageActor
+from .transport import Outbox, Transport
+
+log = logging.getLogger("omni.node")
+
+EXIT_FATAL = 70
+
+
+@dataclass
+class NodeConfig:
+    pid: int
+    listen: str
+    client: str
+    peers: dict[int, str] = field(default_factory=dict)
+    data_dir: Path = Path("omni-data")
+    state_machine: str = "kv"
+    config_id: int = 1
+    tick_ms: float = 10.0
+    election_ticks: int = 30
+    resend_ticks: int = 10
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pid <= 0 or any(p <= 0 for p in self.peers):
+            raise ValueError("node ids must be positive integers")
+        if self.pid in self.peers:
+            raise ValueError(f"node {self.pid} cannot be its own peer")
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        return tuple(sorted({self.pid, *self.peers}))
+
+
+class Node:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.pid = config.pid
+        self.members = config.members
+        self.config_id = config.config_id
+        self.state_machine_name = config.state_machine
+        self.exit_code = 0
+        self.fatal_reason = ""
+        self._done = threading.Event()
+        self._actors: list = []
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> "Node":
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        sm_class = load_state_machine(cfg.state_machine)
+        store = SQLiteLogStore(cfg.data_dir / "log.db")
+        state = store.load()
+        self.ctx = zmq.Context()
+        self.outbox = Outbox(self.ctx, self.pid)
+        paxos = SequencePaxos(PaxosConfig(self.pid, self.members, config_id=cfg.config_id,
+                                          resend_ticks=cfg.resend_ticks), state,
+                              incarnation=secrets.randbits(62))
+        ble = BallotLeaderElection(self.pid, list(self.members), config_id=cfg.config_id, priority=cfg.priority,
+                                   election_ticks=cfg.election_ticks, recovered_promise=state.promise)
+        self.storage = self._spawn(StorageActor, store)
+        self.applier = self._spawn(ApplierActor, sm_class(cfg.data_dir / "statemachine"))
+        self.gateway = self._spawn(GatewayActor, sm_class(None), cfg.tick_ms / 1000)
+        self.sequence_paxos = self._spawn(SequencePaxosActor, paxos)
+        self.ble = self._spawn(BleActor, ble)
+        self.transport = Transport(
+            self.ctx, self.outbox, self.pid, cfg.listen, cfg.peers, cfg.client,
+            on_core=self._route_core, on_client=self.gateway.tell, on_node=self.gateway.tell,
+            on_reconnect=self.sequence_paxos.tell, on_fatal=self.fatal)
+        self.transport.start()
+        self.transport.bound.wait()
+        if self.transport.bind_error is not None:
+            self.stop()
+            raise OSError(f"cannot bind {cfg.listen} / {cfg.client}: {self.transport.bind_error}")
+        self._ticker = threading.Thread(target=self._tick_forever, name=f"omni-ticker-{self.pid}", daemon=True)
+        self._ticker.start()
+        log.info("node %d up: peers %s, clients on %s, state machine %s, log at %s (decided %d)", self.pid,
+                 cfg.listen, cfg.client, cfg.state_machine, cfg.data_dir, state.decided_idx)
+        return self
+
+    def _spawn(self, actor_class, *args):
+        ref = actor_class.start(self, *args)
+        self._actors.append(ref)
+        return ref
+
+    def _route_core(self, inbound) -> None:
+        from omni.paxos import HeartbeatReply, HeartbeatRequest
+        if isinstance(inbound.env.msg, (HeartbeatRequest, HeartbeatReply)):
+            self.ble.tell(inbound)
+        else:
+            self.sequence_paxos.tell(inbound)
+
+    def _tick_forever(self) -> None:
+        period = self.config.tick_ms / 1000
+        tick, next_at = Tick(), time.monotonic()
+        while not self._done.is_set():
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_at = time.monotonic()  # fell behind (a pause): do not burst to catch up
+            for ref in (self.ble, self.sequence_paxos, self.gateway):
+                ref.tell(tick)
+
+    def fatal(self, reason: str, detail: str | None = None) -> None:
+        """Called from any thread: the node cannot go on safely."""
+        if not self._done.is_set():
+            self.fatal_reason = reason
+            self.exit_code = EXIT_FATAL
+            log.critical("node %d stopping: %s", self.pid, reason)
+            if detail:
+                log.debug("%s", detail)
+            self._done.set()
+
+    def wait(self) -> int:
+        """Block until stopped by `stop()` or a fatal error; returns the exit code."""
+        self._done.wait()
+        return self.exit_code
+
+    def stop(self) -> None:
+        self._done.set()
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.stop()
+            transport.join(timeout=2)
+        for ref in reversed(self._actors):
+            try:
+                ref.stop(timeout=2)
+            except Exception:  # an actor already dead (it failed): nothing left to stop
+                pass
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None:
+            ctx.destroy(linger=0)
+
+
+def run_node(config: NodeConfig) -> int:
+    """Run a node until SIGINT/SIGTERM (exit 0) or a fatal error (exit 70). Used by `omni node start`."""
+    import signal
+    node = Node(config)
+    node.start()
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    try:
+        code = node.wait()
+    except KeyboardInterrupt:
+        code = 0
+    if code != 0:
+        os._exit(code)  # never linger half alive: actors may be wedged on a failed disk
+    node.stop()
+    return code

@@ -1,0 +1,46 @@
+"""The Storage actor: makes Ready batches durable with group commit, then releases what they vouch for.
+
+Every Ready from SequencePaxos is queued; when the mailbox is empty the actor writes all queued write
+groups in one transaction with one fsync, and only then (DESIGN.md rules 1-3) sends the batches' messages
+(a message to this node itself goes back to SequencePaxos: the leader's own Accepted) and hands the
+decided items to the Applier, in order. A storage failure is fatal (rule 5): the exception reaches
+`on_failure`, which stops the node; nothing is retried.
+"""
+from __future__ import annotations
+
+from .messages import Apply, Inbound, Persist
+from .supervision import SupervisedActor
+
+
+class StorageActor(SupervisedActor):
+    def __init__(self, node, store):
+        super().__init__(node)
+        self.store = store
+        self.pending: list = []
+        self.commits = 0
+
+    def on_receive(self, message):
+        if isinstance(message, Persist):
+            self.pending.append(message.ready)
+        if self.pending and self.actor_inbox.empty():
+            self._flush()
+
+    def _flush(self) -> None:
+        batches, self.pending = self.pending, []
+        groups = [group for ready in batches for group in ready.writes]
+        if groups:
+            self.store.write(groups)
+            self.commits += 1
+        node = self.node
+        for ready in batches:
+            for env in ready.messages:
+                if env.dst == node.pid:
+                    node.sequence_paxos.tell(Inbound(env))
+                else:
+                    node.outbox.send_core(env)
+            if ready.decided:
+                node.applier.tell(Apply(tuple(ready.decided)))
+
+    def release(self) -> None:
+        super().release()
+        self.store.close()

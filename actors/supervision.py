@@ -1,0 +1,35 @@
+"""Supervision: any actor that fails stops the whole node, loudly.
+
+A node with one dead actor would be half alive: answering heartbeats while never persisting, say. So every
+actor derives from `SupervisedActor`, whose `on_failure` logs the failure and tells the node supervisor to
+exit with a non-zero code; resources are released in `on_stop` / `on_failure` of each actor.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+
+import pykka
+
+log = logging.getLogger("omni.node")
+
+
+class SupervisedActor(pykka.ThreadingActor):
+    """A Pykka actor whose crash brings the node down instead of leaving it half alive."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+    def on_failure(self, exception_type, exception_value, tb) -> None:
+        detail = "".join(traceback.format_exception(exception_type, exception_value, tb))
+        log.critical("%s failed: %s", type(self).__name__, exception_value)
+        self.release()
+        self.node.fatal(f"{type(self).__name__} failed: {exception_value}", detail=detail)
+
+    def on_stop(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Free files and sockets held by this actor's thread (override; must be safe to call twice)."""
+        self.node.outbox.close_thread_socket()

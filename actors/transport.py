@@ -1,0 +1,264 @@
+"""The node's ZeroMQ I/O thread: the peer mesh and the client socket, nothing else.
+
+Rules:
+- Every socket is created, used and closed in this one thread. Other threads hand it frames through the
+  `Outbox`: each thread gets its own inproc PUSH socket (created lazily in that thread), and the transport
+  reads them all from one PULL socket.
+- Peers: one ROUTER bound on ``listen`` receives from everyone; one DEALER per peer (routing id = our pid)
+  sends to that peer's ROUTER. DEALERs use ZMQ_IMMEDIATE and a bounded high-water mark, so a message to a
+  peer that is down or too slow is dropped and counted instead of piling up: the protocol resends what
+  matters. ZMTP heartbeats notice a dead link; every later re-connect is reported as `Reconnected(pid)`.
+- Peer frames are one byte of kind (core protocol or node-level) followed by the body. Anything that does
+  not decode, or claims to come from another pid than the link it arrived on, is dropped and counted.
+- Clients: a ROUTER on ``client`` with ROUTER_MANDATORY (a reply to a vanished client is counted, not lost
+  silently) and a hard size cap; frames go to the ClientGateway unparsed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from typing import Callable
+
+import msgpack
+import zmq
+import zmq.utils.monitor
+
+from omni.transport import codec
+
+from .messages import ClientFrame, Inbound, PeerReply, PeerRequest, Reconnected
+
+log = logging.getLogger("omni.transport")
+
+KIND_CORE = b"\x00"
+KIND_NODE = b"\x01"
+PEER_HWM = 20_000
+CLIENT_HWM = 100_000
+MAX_CLIENT_FRAME = 128 * 1024 * 1024  # larger frames are dropped by ZeroMQ itself (no reply possible)
+
+
+class Outbox:
+    """Thread-safe way for any thread to give frames to the transport thread."""
+
+    def __init__(self, ctx: zmq.Context, pid: int):
+        self.ctx = ctx
+        self.address = f"inproc://omni-outbox-{pid}-{id(self)}"
+        self._local = threading.local()
+        self._sockets: list[zmq.Socket] = []
+        self._lock = threading.Lock()
+
+    def _socket(self) -> zmq.Socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self.ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.address)
+            self._local.sock = sock
+            with self._lock:
+                self._sockets.append(sock)
+        return sock
+
+    def send_core(self, env) -> None:
+        try:
+            frame = codec.encode(env)
+        except codec.CodecError as exc:  # an entry msgpack cannot carry: drop it loudly, keep the node up
+            log.error("cannot encode %s to node %d: %s", type(env.msg).__name__, env.dst, exc)
+            return
+        self._socket().send_multipart([b"P", b"%d" % env.dst, KIND_CORE + frame])
+
+    def send_node(self, dst: int, message) -> None:
+        """A node-level message (PeerRequest / PeerReply) to peer ``dst``."""
+        body = _encode_node_message(message)
+        self._socket().send_multipart([b"P", b"%d" % dst, KIND_NODE + body])
+
+    def send_client(self, route: tuple, body: bytes) -> None:
+        self._socket().send_multipart([b"C", *route, b"", body])
+
+    def close_thread_socket(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            sock.close(linger=0)
+            self._local.sock = None
+
+
+def _encode_node_message(message) -> bytes:
+    if isinstance(message, PeerRequest):
+        return msgpack.packb(["req", message.origin, message.req, message.request], use_bin_type=True)
+    if isinstance(message, PeerReply):
+        return msgpack.packb(["rep", message.req, message.reply], use_bin_type=True)
+    raise TypeError(f"not a node-level message: {message!r}")
+
+
+def _decode_node_message(body: bytes, src: int):
+    msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    if isinstance(msg, list) and len(msg) == 4 and msg[0] == "req" and msg[1] == src \
+            and isinstance(msg[2], int) and isinstance(msg[3], dict):
+        return PeerRequest(msg[1], msg[2], msg[3])
+    if isinstance(msg, list) and len(msg) == 3 and msg[0] == "rep" and isinstance(msg[1], int) \
+            and isinstance(msg[2], dict):
+        return PeerReply(msg[1], msg[2])
+    raise ValueError("malformed node-level message")
+
+
+class Transport(threading.Thread):
+    """The I/O thread. Inbound traffic is handed to the callbacks, which only `tell` actors."""
+
+    def __init__(self, ctx: zmq.Context, outbox: Outbox, pid: int, listen: str, peers: dict[int, str],
+                 client: str, *, on_core: Callable, on_client: Callable, on_node: Callable,
+                 on_reconnect: Callable, on_fatal: Callable):
+        super().__init__(name=f"omni-transport-{pid}", daemon=True)
+        self.ctx, self.outbox, self.pid = ctx, outbox, pid
+        self.listen, self.peers, self.client_endpoint = listen, dict(peers), client
+        self.on_core, self.on_client, self.on_node = on_core, on_client, on_node
+        self.on_reconnect, self.on_fatal = on_reconnect, on_fatal
+        self.stats: Counter = Counter()
+        self.bound = threading.Event()
+        self.bind_error: Exception | None = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        try:
+            sockets = self._open()
+        except zmq.ZMQError as exc:
+            self.bind_error = exc
+            self.bound.set()
+            return
+        self.bound.set()
+        try:
+            self._loop(*sockets)
+        except Exception as exc:  # the I/O thread dying would leave a half-alive node: stop it all
+            log.exception("transport failed")
+            self.on_fatal(f"transport failed: {exc}")
+        finally:
+            for sock in self._all_sockets:
+                sock.close(linger=0)
+
+    def _open(self):
+        ctx = self.ctx
+        self._all_sockets = []
+
+        def sock(kind):
+            s = ctx.socket(kind)
+            s.setsockopt(zmq.LINGER, 0)
+            self._all_sockets.append(s)
+            return s
+
+        pull = sock(zmq.PULL)
+        pull.bind(self.outbox.address)
+        inbox = sock(zmq.ROUTER)
+        inbox.setsockopt(zmq.RCVHWM, PEER_HWM)
+        inbox.bind(self.listen)
+        clients = sock(zmq.ROUTER)
+        clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        clients.setsockopt(zmq.MAXMSGSIZE, MAX_CLIENT_FRAME)
+        clients.setsockopt(zmq.SNDHWM, CLIENT_HWM)
+        clients.setsockopt(zmq.RCVHWM, CLIENT_HWM)
+        clients.bind(self.client_endpoint)
+        dealers, monitors = {}, {}
+        for pid, address in self.peers.items():
+            d = sock(zmq.DEALER)
+            d.setsockopt(zmq.ROUTING_ID, b"%d" % self.pid)
+            d.setsockopt(zmq.IMMEDIATE, 1)
+            d.setsockopt(zmq.SNDHWM, PEER_HWM)
+            d.setsockopt(zmq.HEARTBEAT_IVL, 500)
+            d.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2000)
+            d.setsockopt(zmq.RECONNECT_IVL, 100)
+            d.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            mon = d.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            self._all_sockets.append(mon)
+            d.connect(address)
+            dealers[pid], monitors[mon] = d, pid
+        return pull, inbox, clients, dealers, monitors
+
+    def _loop(self, pull, inbox, clients, dealers, monitors) -> None:
+        poller = zmq.Poller()
+        for s in (pull, inbox, clients, *monitors):
+            poller.register(s, zmq.POLLIN)
+        connected_once: set[int] = set()
+        while not self._stop.is_set():
+            for s, _ in poller.poll(100):
+                if s is pull:
+                    self._drain_outbox(pull, clients, dealers)
+                elif s is inbox:
+                    self._drain(inbox, self._on_peer_frames)
+                elif s is clients:
+                    self._drain(clients, self._on_client_frames)
+                else:
+                    self._on_monitor(s, monitors[s], connected_once)
+
+    @staticmethod
+    def _drain(sock, handle, budget: int = 1000) -> None:
+        for _ in range(budget):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handle(frames)
+
+    def _drain_outbox(self, pull, clients, dealers, budget: int = 5000) -> None:
+        for _ in range(budget):
+            try:
+                frames = pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                if frames[0] == b"P":
+                    dealer = dealers.get(int(frames[1]))
+                    if dealer is None:
+                        self.stats["dropped_unknown_peer"] += 1
+                    else:
+                        dealer.send(frames[2], zmq.NOBLOCK)
+                else:
+                    clients.send_multipart(frames[1:], zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats["dropped_peer_backpressure" if frames[0] == b"P" else "dropped_client_backpressure"] += 1
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: the client went away before its reply
+                self.stats[f"dropped_send_{exc.errno}"] += 1
+
+    def _on_peer_frames(self, frames) -> None:
+        try:
+            src = int(frames[0])
+            payload = frames[1]
+            kind, body = payload[:1], payload[1:]
+            if src not in self.peers or len(frames) != 2:
+                raise ValueError("unknown sender or framing")
+            if kind == KIND_CORE:
+                env = codec.decode(body)
+                if env.src != src or env.dst != self.pid:
+                    raise ValueError("envelope does not match its link")
+                self.on_core(Inbound(env))
+            elif kind == KIND_NODE:
+                self.on_node(_decode_node_message(body, src))
+            else:
+                raise ValueError("unknown frame kind")
+        except (ValueError, IndexError, TypeError, msgpack.UnpackException) as exc:
+            self.stats["dropped_malformed_peer_frame"] += 1
+            log.debug("dropped peer frame: %s", exc)
+
+    def _on_client_frames(self, frames) -> None:
+        try:
+            split = frames.index(b"")
+        except ValueError:
+            self.stats["dropped_client_frame_without_delimiter"] += 1
+            return
+        route, body = tuple(frames[:split]), frames[split + 1:]
+        if len(body) != 1:
+            self.stats["dropped_client_multipart"] += 1
+            body = [b"".join(body)] if body else [b""]
+        self.on_client(ClientFrame(route, body[0]))
+
+    def _on_monitor(self, mon, pid: int, connected_once: set) -> None:
+        try:
+            event = zmq.utils.monitor.recv_monitor_message(mon, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if event["event"] == zmq.EVENT_CONNECTED:
+            if pid in connected_once:
+                self.stats["reconnects"] += 1
+                self.on_reconnect(Reconnected(pid))
+            connected_once.add(pid)
+        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            self.stats["disconnects"] += 1

@@ -1,0 +1,309 @@
+"""Claims of the node's durable log (actors/log_store.py): same meaning as MemoryStorage, atomic calls,
+acknowledged writes survive kill -9, checksums catch corruption, a disk failure stops the store for good."""
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from omni.actors.log_store import CorruptLog, SQLiteLogStore, StorageFailure
+from omni.paxos.messages import Ballot, StopSign
+from omni.paxos.storage import (
+    AppendOnPrefix, Compact, LogState, MemoryStorage, SetAcceptedRound, SetDecidedIdx, SetPromise, SetStopSign,
+    apply_op,
+)
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "log.db"
+
+
+@pytest.fixture
+def store(path):
+    s = SQLiteLogStore(path)
+    yield s
+    s.close()
+
+
+def reopen_and_load(path) -> LogState:
+    with SQLiteLogStore(path) as s:
+        return s.load()
+
+
+def assert_same_state(got: LogState, want: LogState) -> None:
+    """Field by field, entry by entry; repr() also tells True from 1, bytes from str and list from tuple."""
+    for name in ("promise", "accepted_round", "decided_idx", "compacted_idx", "stopsign"):
+        assert getattr(got, name) == getattr(want, name), name
+    assert repr(got.snapshot) == repr(want.snapshot), "snapshot"
+    assert len(got.entries) == len(want.entries), "number of entries"
+    for i, (g, w) in enumerate(zip(got.entries, want.entries)):
+        assert repr(g) == repr(w), f"entry {want.compacted_idx + i}"
+
+
+# -- random groups, all msgpack values that round-trip exactly (lists, never tuples) ----------------------
+
+def random_value(rng, depth=0):
+    kind = rng.randrange(9 if depth < 2 else 7)
+    if kind == 0:
+        return rng.randint(-2**63, 2**64 - 1)
+    if kind == 1:
+        return rng.random() * 1e6
+    if kind == 2:
+        return "".join(rng.choice("aé☃z\x00") for _ in range(rng.randrange(12)))
+    if kind == 3:
+        return rng.randbytes(rng.randrange(40))
+    if kind == 4:
+        return None
+    if kind == 5:
+        return rng.random() < 0.5
+    if kind == 6:
+        return rng.randrange(100)
+    if kind == 7:
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(["k", 1, "x"]): random_value(rng, depth + 1) for _ in range(rng.randrange(3))}
+
+
+def random_ballot(rng):
+    return Ballot(rng.randrange(50), rng.randrange(3), rng.randrange(6))
+
+
+def random_op(rng, s: LogState):
+    kind = rng.choices(range(6), weights=(1, 1, 2, 5, 1, 1))[0]
+    if kind == 0:
+        return SetPromise(random_ballot(rng))
+    if kind == 1:
+        return SetAcceptedRound(random_ballot(rng))
+    if kind == 2:
+        return SetDecidedIdx(rng.randint(s.compacted_idx, s.log_len))
+    if kind == 3:
+        start = s.log_len if rng.random() < 0.6 else rng.randint(s.compacted_idx, s.log_len)
+        return AppendOnPrefix(start, tuple(random_value(rng) for _ in range(rng.randrange(8))))
+    if kind == 4:
+        sign = StopSign(rng.randint(1, 9), tuple(rng.sample(range(1, 8), 3)), rng.choice([None, "m", {"a": [1]}]))
+        return SetStopSign(rng.choice([None, sign]))
+    return Compact(rng.randint(s.compacted_idx, s.log_len + 2), rng.choice([None, random_value(rng)]))
+
+
+def random_groups(rng, state: LogState) -> list:
+    trial, groups = state.clone(), []
+    for _ in range(rng.randint(1, 5)):
+        # Ops of one group are drawn one after another against the state they will meet.
+        group = []
+        for _ in range(rng.randint(1, 4)):
+            op = random_op(rng, trial)
+            apply_op(trial, op)
+            group.append(op)
+        groups.append(tuple(group))
+    return groups
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_op_type_round_trips_like_memory_storage(path, seed):
+    rng, model = random.Random(seed), MemoryStorage()
+    store = SQLiteLogStore(path)
+    try:
+        for step in range(60):
+            groups = random_groups(rng, model.load())
+            model.write(groups)
+            store.write(groups)
+            assert_same_state(store.load(), model.load())
+            if step % 15 == 14:  # a restart must resume from exactly the same state
+                store.close()
+                store = SQLiteLogStore(path)
+                assert_same_state(store.load(), model.load())
+    finally:
+        store.close()
+    final = reopen_and_load(path)
+    assert_same_state(final, model.load())
+    assert final.log_len > final.compacted_idx, "the random walk should leave some entries to compare"
+
+
+def test_tuples_come_back_as_lists_and_stopsign_nodes_as_a_tuple(store):
+    store.write([(AppendOnPrefix(0, ((1, (2, 3)), {7: b"x"})), SetStopSign(StopSign(2, (1, 2, 3), (4,))))])
+    state = store.load()
+    assert state.entries == [[1, [2, 3]], {7: b"x"}]
+    assert state.stopsign == StopSign(2, (1, 2, 3), [4])
+
+
+def test_many_small_appends_in_one_call_match_memory_storage(store):
+    # Exercises the merging of consecutive appends, including one that rewrites the previous one's tail.
+    groups = [(AppendOnPrefix(i, (i, f"e{i}")),) for i in range(0, 40, 2)]
+    groups += [(AppendOnPrefix(35, ("rewritten",)), SetDecidedIdx(30)), (AppendOnPrefix(36, (36,)),)]
+    groups += [(Compact(10, "snap"),), (AppendOnPrefix(37, (37,)),), (AppendOnPrefix(12, ("again",)),)]
+    model = MemoryStorage()
+    model.write(groups)
+    store.write(groups)
+    assert_same_state(store.load(), model.load())
+
+
+def seeded(store):
+    store.write([(SetPromise(Ballot(2, 0, 1)), AppendOnPrefix(0, tuple(range(10))), SetDecidedIdx(4)),
+                 (Compact(3, {"sum": 3}),)])
+    return store.load()
+
+
+@pytest.mark.parametrize("bad", [
+    AppendOnPrefix(13, ("gap",)),   # past the end of the log (12 after the ops before it)
+    AppendOnPrefix(2, ("old",)),    # below the compacted index
+    Compact(2, None),               # below the compacted index
+])
+def test_a_group_that_fails_validation_leaves_the_store_unchanged(store, path, bad):
+    before = seeded(store)
+    good = (SetDecidedIdx(9), AppendOnPrefix(10, ("new",)))
+    with pytest.raises(ValueError):
+        store.write([good, (SetPromise(Ballot(9, 0, 2)), AppendOnPrefix(11, ("ok",)), bad)])
+    assert_same_state(store.load(), before)
+    assert_same_state(reopen_and_load(path), before)
+    store.write([good])  # a rejected call is not a storage failure: the store keeps working
+    assert store.load().entries[-1] == "new"
+
+
+def test_a_non_operation_is_rejected_with_type_error_and_nothing_written(store):
+    before = seeded(store)
+    with pytest.raises(TypeError):
+        store.write([(SetDecidedIdx(9),), ("not an op",)])
+    assert_same_state(store.load(), before)
+
+
+CHILD = textwrap.dedent("""
+    import random, sys, time
+    from omni.actors.log_store import SQLiteLogStore
+    from omni.paxos.storage import AppendOnPrefix, SetDecidedIdx
+
+    store = SQLiteLogStore(sys.argv[1])
+    n = store.load().log_len
+    print("ready", n, flush=True)
+    while True:
+        groups = []
+        for _ in range(3):  # several groups per call: group commit
+            groups.append((AppendOnPrefix(n, tuple([i, "x" * (i % 50)] for i in range(n, n + 7))),
+                           SetDecidedIdx(n + 7)))
+            n += 7
+        store.write(groups)
+        print("acked", n, flush=True)
+        time.sleep(random.random() * 0.002)  # the host's other work: a kill often lands between writes
+""")
+
+
+def run_child_and_kill(path, delay: float) -> int:
+    """Start a writer, let it acknowledge at least one write, SIGKILL it after ``delay``; return last ack."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for expected in ("ready", "acked"):
+            line = child.stdout.readline()
+            assert line.startswith(expected), f"child said {line!r}, stderr: {child.stderr.read()}"
+        time.sleep(delay)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    rest = line + child.stdout.read()
+    child.stdout.close()
+    child.stderr.close()
+    complete = [l for l in rest.splitlines(keepends=True) if l.startswith("acked") and l.endswith("\n")]
+    return int(complete[-1].split()[1])
+
+
+@pytest.mark.timeout(120)  # a child that never reports would otherwise block readline() forever
+def test_acknowledged_writes_survive_kill_9(path):
+    rng = random.Random(9)
+    for _ in range(6):
+        acked = run_child_and_kill(path, rng.uniform(0.0, 0.4))
+        state = reopen_and_load(path)
+        assert state.log_len >= acked, "an acknowledged append is missing"
+        assert state.decided_idx >= acked, "an acknowledged decided index is missing"
+        assert state.decided_idx == state.log_len, "a group was applied only in part"
+        for i, entry in enumerate(state.entries):
+            assert entry == [i, "x" * (i % 50)], f"entry {i}"
+
+
+def test_a_corrupted_log_row_makes_load_raise_corrupt_log_naming_the_row(store, path):
+    seeded(store)
+    store.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE log SET data = ? WHERE idx = 6", (b"\x07",))  # valid msgpack, stale crc
+    raw.close()
+    with SQLiteLogStore(path) as reopened, pytest.raises(CorruptLog, match="idx=6"):
+        reopened.load()
+
+
+def test_a_corrupted_meta_row_is_refused(store, path):
+    seeded(store)
+    store.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE meta SET value = ? WHERE key = 'decided_idx'", (b"\x09",))
+    raw.close()
+    with pytest.raises(CorruptLog, match="decided_idx"):
+        reopen_and_load(path)
+
+
+def test_a_gap_in_the_log_is_corruption(store, path):
+    seeded(store)
+    store.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("DELETE FROM log WHERE idx = 5")
+    raw.close()
+    with pytest.raises(CorruptLog, match="idx=6"):
+        reopen_and_load(path)
+
+
+def test_corrupt_log_stops_the_store(store, path):
+    seeded(store)
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE log SET crc = crc + 1 WHERE idx = 4")
+    raw.close()
+    with pytest.raises(CorruptLog):
+        store.load()
+    with pytest.raises(StorageFailure):
+        store.write([(SetDecidedIdx(5),)])
+
+
+def test_disk_full_raises_storage_failure_refuses_later_calls_and_writes_nothing(store, path):
+    before = seeded(store)
+    (pages,) = store._conn.execute("PRAGMA page_count").fetchone()
+    (limit,) = store._conn.execute(f"PRAGMA max_page_count = {pages}").fetchone()
+    assert limit == pages, "SQLite did not take the page limit"
+    big = tuple(os.urandom(1000) for _ in range(200))
+    with pytest.raises(StorageFailure, match="full"):
+        store.write([(SetDecidedIdx(8),), (AppendOnPrefix(10, big), SetPromise(Ballot(7, 0, 3)))])
+    with pytest.raises(StorageFailure):
+        store.write([(SetDecidedIdx(9),)])  # tiny and would fit: refused all the same (never retry)
+    with pytest.raises(StorageFailure):
+        store.load()
+    store.close()
+    assert_same_state(reopen_and_load(path), before)
+
+
+def test_wal_mode_and_synchronous_full_are_in_force(store, path):
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # 2 = FULL
+    with sqlite3.connect(path) as other:  # WAL is a property of the file, seen by any connection
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other.close()
+
+
+def test_a_fresh_store_loads_the_empty_state(store):
+    assert_same_state(store.load(), LogState())
+
+
+def test_close_is_idempotent_and_a_closed_store_refuses_calls(store):
+    store.close()
+    store.close()
+    with pytest.raises(StorageFailure, match="closed"):
+        store.load()
+    with pytest.raises(StorageFailure, match="closed"):
+        store.write([(SetDecidedIdx(1),)])
+
+
+def test_a_file_of_another_format_is_refused(path):
+    with sqlite3.connect(path) as raw:
+        raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(StorageFailure, match="format 99"):
+        SQLiteLogStore(path)
