@@ -141,6 +141,10 @@ class Node:
                 log.debug("%s", detail)
             self._done.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._done.is_set()
+
     def wait(self) -> int:
         """Block until stopped by `stop()` or a fatal error; returns the exit code."""
         self._done.wait()

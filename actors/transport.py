@@ -114,10 +114,10 @@ class Transport(threading.Thread):
         self.stats: Counter = Counter()
         self.bound = threading.Event()
         self.bind_error: Exception | None = None
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         try:
@@ -178,7 +178,7 @@ class Transport(threading.Thread):
         for s in (pull, inbox, clients, *monitors):
             poller.register(s, zmq.POLLIN)
         connected_once: set[int] = set()
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             for s, _ in poller.poll(100):
                 if s is pull:
                     self._drain_outbox(pull, clients, dealers)

@@ -51,7 +51,7 @@ _OPTIONS = [
     click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
                  help="Give up after this many seconds (each node is waited for at most 2 s, then the next)."),
     click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                 help="text for people; json prints the result object for scripts."),
+                 help="text for people; json prints the result object for scripts (bytes as base64)."),
 ]
 
 

@@ -140,12 +140,17 @@ def up(nodes, base_port, data_dir, state_machine):
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    try:
-        while not stopping and all(p.poll() is None for p in procs):
+    reported: set[int] = set()
+    try:  # a node that dies (say, killed to try a failover) is reported; the others keep running
+        while not stopping and any(p.poll() is None for p in procs):
+            for pid, p in enumerate(procs, start=1):
+                if p.poll() is not None and pid not in reported:
+                    reported.add(pid)
+                    click.echo(f"omni: node {pid} exited with code {p.returncode}", err=True)
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
-    failed = [p for p in procs if p.poll() not in (None, 0)]
+    failed = [p for p in procs if p.poll() not in (None, 0, -signal.SIGKILL)]
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
