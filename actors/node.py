@@ -171,7 +171,7 @@ def run_node(config: NodeConfig) -> int:
     import signal
     node = Node(config)
     node.start()
-    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    signal.signal(signal.SIGTERM, lambda *_: node._done.set())  # the main thread does the stopping
     try:
         code = node.wait()
     except KeyboardInterrupt:

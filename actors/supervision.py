@@ -17,6 +17,8 @@ log = logging.getLogger("omni.node")
 class SupervisedActor(pykka.ThreadingActor):
     """A Pykka actor whose crash brings the node down instead of leaving it half alive."""
 
+    use_daemon_thread = True  # a wedged actor (say, on a dead disk) must not keep a stopped node's process alive
+
     def __init__(self, node):
         super().__init__()
         self.node = node

@@ -43,7 +43,8 @@ def test_nodes_started_from_a_cluster_toml_form_a_working_cluster(tmp_path):
     finally:
         for p in procs:
             p.terminate()
-            p.wait(timeout=10)
+        for p in procs:
+            assert p.wait(timeout=30) == 0
 
 
 def test_bad_node_configuration_is_a_one_line_error_not_a_traceback(tmp_path):
