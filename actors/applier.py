@@ -1,7 +1,8 @@
 """The Applier actor: applies the decided log to the state machine, in order, exactly once.
 
 Log entries are msgpack maps made by a ClientGateway: a write ``{"w": command, "o": origin node, "r":
-request number, "cl"?: client, "sq"?: seq}`` or a linearizable read ``{"q": request, "o", "r"}`` that
+request number, "i": the origin's incarnation, "cl"?: client, "sq"?: seq}`` or a linearizable read
+``{"q": request, "o", "i", "r"}`` that
 answers at its place in the log. Every node applies every entry; the node named by ``"o"`` answers its
 client. Retries are deduplicated by `Sessions`, which is part of the replicated state: built only from
 the log in log order, so every node holds the same table and a retry sent to another node after a
@@ -100,8 +101,13 @@ class ApplierActor(SupervisedActor):
         else:
             log.error("skipping entry %d without a command: %r", idx, entry)
             return
-        if entry.get("o") == self.node.pid and isinstance(entry.get("r"), int):
+        if self._mine(entry):
             self.node.gateway.tell(Reply(entry["r"], *outcome))
+
+    def _mine(self, entry: dict) -> bool:
+        """Proposed by this very process: entries replayed from an earlier life of this node answer no one."""
+        node = self.node
+        return entry.get("o") == node.pid and entry.get("i") == node.incarnation and isinstance(entry.get("r"), int)
 
     def _apply_write(self, idx: int, entry: dict) -> tuple:
         client, seq = entry.get("cl"), entry.get("sq")

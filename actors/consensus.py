@@ -50,7 +50,7 @@ class SequencePaxosActor(SupervisedActor):
             self.core.propose(entries)
         except ProposalRejected as exc:
             for entry in entries:
-                if isinstance(entry, dict) and entry.get("o") == self.node.pid and "r" in entry:
+                if isinstance(entry, dict) and entry.get("o") == self.node.pid and isinstance(entry.get("r"), int):
                     self.node.gateway.tell(Reply(entry["r"], False, code="UNAVAILABLE", message=str(exc)))
 
     def _drain(self) -> None:

@@ -102,7 +102,7 @@ class GatewayActor(SupervisedActor):
         command = self.validator.prepare(body) if write else None
         req = self._track(route, rid, timeout)
         if write:
-            entry = {"w": command, "o": self.node.pid, "r": req}
+            entry = {"w": command, "o": self.node.pid, "i": self.node.incarnation, "r": req}
             if client is not None:
                 entry["cl"], entry["sq"] = client, seq
             self.node.sequence_paxos.tell(Propose((entry,)))
@@ -111,7 +111,8 @@ class GatewayActor(SupervisedActor):
         elif consistency == "leader":
             self._leader_read(req, body)
         else:
-            self.node.sequence_paxos.tell(Propose(({"q": body, "o": self.node.pid, "r": req},)))
+            entry = {"q": body, "o": self.node.pid, "i": self.node.incarnation, "r": req}
+            self.node.sequence_paxos.tell(Propose((entry,)))
 
     def _track(self, route: tuple, rid, timeout: float) -> int:
         self.next_req += 1

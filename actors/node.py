@@ -66,6 +66,7 @@ class Node:
         self.members = config.members
         self.config_id = config.config_id
         self.state_machine_name = config.state_machine
+        self.incarnation = secrets.randbits(62)  # tells this process's requests from an earlier life's
         self.exit_code = 0
         self.fatal_reason = ""
         self._done = threading.Event()
@@ -83,7 +84,7 @@ class Node:
         self.outbox = Outbox(self.ctx, self.pid)
         paxos = SequencePaxos(PaxosConfig(self.pid, self.members, config_id=cfg.config_id,
                                           resend_ticks=cfg.resend_ticks), state,
-                              incarnation=secrets.randbits(62))
+                              incarnation=self.incarnation)
         ble = BallotLeaderElection(self.pid, list(self.members), config_id=cfg.config_id, priority=cfg.priority,
                                    election_ticks=cfg.election_ticks, recovered_promise=state.promise)
         self.storage = self._spawn(StorageActor, store)

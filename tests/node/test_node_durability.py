@@ -104,3 +104,22 @@ def test_failed_disk_write_stops_the_node_with_exit_code_70(tmp_path, monkeypatc
         assert any("stopping" in r.getMessage() for r in caplog.records)
     finally:
         node.stop()
+
+
+def test_entry_proposed_by_an_earlier_life_of_this_node_answers_no_one():
+    from omni.actors.applier import ApplierActor
+    from omni.statemachines import load_state_machine
+
+    rec = Recorder()
+    rec.incarnation = 1234
+    rec.gateway = rec
+    entries = ({"w": {"op": "put", "key": "a", "value": 1}, "o": 1, "i": 999, "r": 7},   # earlier life
+               {"w": {"op": "put", "key": "b", "value": 2}, "o": 1, "i": 1234, "r": 7},  # this process
+               {"w": {"op": "put", "key": "c", "value": 3}, "o": 2, "i": 1234, "r": 8})  # another node's
+    ref = ApplierActor.start(rec, load_state_machine("kv")(None))
+    try:
+        ref.ask(Apply((DecidedEntries(0, entries),)))
+    finally:
+        ref.stop()
+    replies = [e for e in rec.events if e == ("apply", "Reply")]
+    assert len(replies) == 1

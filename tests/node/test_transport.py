@@ -1,0 +1,64 @@
+"""The transport thread: peers exchange core messages, and a peer's restart is reported as Reconnected."""
+import queue
+import time
+
+import zmq
+
+from omni.actors.messages import Inbound, Reconnected
+from omni.actors.transport import Outbox, Transport
+from omni.paxos import Ballot, Envelope, PrepareReq
+
+from ..integration.cluster import free_ports
+
+
+def start_transport(ctx, pid, ports, events):
+    peer = 2 if pid == 1 else 1
+    outbox = Outbox(ctx, pid)
+    t = Transport(ctx, outbox, pid, f"tcp://127.0.0.1:{ports[pid]}", {peer: f"tcp://127.0.0.1:{ports[peer]}"},
+                  f"tcp://127.0.0.1:{ports[pid + 10]}", on_core=events.put, on_client=events.put,
+                  on_node=events.put, on_reconnect=events.put, on_fatal=events.put)
+    t.start()
+    t.bound.wait()
+    assert t.bind_error is None
+    return t, outbox
+
+
+def expect(events, kind, deadline=20.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            item = events.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if isinstance(item, kind):
+            return item
+    raise AssertionError(f"no {kind.__name__} within {deadline}s")
+
+
+def test_peer_restart_is_reported_as_reconnected_and_messages_flow_again():
+    ctx = zmq.Context()
+    p = free_ports(4)
+    ports = {1: p[0], 2: p[1], 11: p[2], 12: p[3]}
+    events1, events2 = queue.Queue(), queue.Queue()
+    t1, out1 = start_transport(ctx, 1, ports, events1)
+    t2, out2 = start_transport(ctx, 2, ports, events2)
+    env = Envelope(1, 2, 1, PrepareReq(Ballot(1, 0, 1)))
+    try:
+        end = time.monotonic() + 20
+        while events2.empty() and time.monotonic() < end:  # DEALERs drop until connected (ZMQ_IMMEDIATE)
+            out1.send_core(env)
+            time.sleep(0.05)
+        assert expect(events2, Inbound).env == env
+        t2.stop()
+        t2.join(timeout=5)
+        t2, out2 = start_transport(ctx, 2, ports, events2)  # the peer comes back on the same address
+        assert expect(events1, Reconnected) == Reconnected(2)
+        out1.send_core(env)
+        assert expect(events2, Inbound).env == env
+        assert t1.stats["reconnects"] >= 1
+    finally:
+        for t in (t1, t2):
+            t.stop()
+            t.join(timeout=5)
+        out1.close_thread_socket()
+        ctx.destroy(linger=0)
