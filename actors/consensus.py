@@ -20,6 +20,8 @@ from .supervision import SupervisedActor
 
 log = logging.getLogger("omni.consensus")
 
+MAX_BATCH_MESSAGES = 512  # inputs folded into one Ready at most
+
 
 class SequencePaxosActor(SupervisedActor):
     def __init__(self, node, core: SequencePaxos):
@@ -27,6 +29,7 @@ class SequencePaxosActor(SupervisedActor):
         self.core = core
         self._status = None
         self._promise = None
+        self._since_drain = 0
 
     def on_receive(self, message):
         core = self.core
@@ -42,7 +45,11 @@ class SequencePaxosActor(SupervisedActor):
             core.reconnected(message.pid)
         else:
             log.warning("SequencePaxosActor ignored %r", message)
-        if self.actor_inbox.empty():
+        self._since_drain += 1
+        # Drain when idle (so a lone request goes out at once) or after a full batch (so a mailbox that
+        # never empties under sustained load cannot hold everything back).
+        if self._since_drain >= MAX_BATCH_MESSAGES or self.actor_inbox.empty():
+            self._since_drain = 0
             self._drain()
 
     def _propose(self, entries) -> None:

@@ -1,7 +1,7 @@
 """The Storage actor: makes Ready batches durable with group commit, then releases what they vouch for.
 
-Every Ready from SequencePaxos is queued; when the mailbox is empty the actor writes all queued write
-groups in one transaction with one fsync, and only then (DESIGN.md rules 1-3) sends the batches' messages
+Every Ready from SequencePaxos is queued; when the mailbox is empty (or MAX_PENDING_BATCHES are
+queued) the actor writes all queued write groups in one transaction with one fsync, and only then (DESIGN.md rules 1-3) sends the batches' messages
 (a message to this node itself goes back to SequencePaxos: the leader's own Accepted) and hands the
 decided items to the Applier, in order. A storage failure is fatal (rule 5): the exception reaches
 `on_failure`, which stops the node; nothing is retried.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from .messages import Apply, Inbound, Persist
 from .supervision import SupervisedActor
+
+MAX_PENDING_BATCHES = 64  # Ready batches per commit at most, so a busy mailbox still commits regularly
 
 
 class StorageActor(SupervisedActor):
@@ -22,7 +24,7 @@ class StorageActor(SupervisedActor):
     def on_receive(self, message):
         if isinstance(message, Persist):
             self.pending.append(message.ready)
-        if self.pending and self.actor_inbox.empty():
+        if self.pending and (len(self.pending) >= MAX_PENDING_BATCHES or self.actor_inbox.empty()):
             self._flush()
 
     def _flush(self) -> None:
