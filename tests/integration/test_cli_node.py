@@ -43,8 +43,14 @@ def test_nodes_started_from_a_cluster_toml_form_a_working_cluster(tmp_path):
     finally:
         for p in procs:
             p.terminate()
+        codes = []
         for p in procs:
-            assert p.wait(timeout=30) == 0
+            try:
+                codes.append(p.wait(timeout=30))
+            except subprocess.TimeoutExpired:
+                p.kill()  # never leave a node behind, even when the test fails
+                codes.append("hung")
+        assert codes == [0, 0, 0], f"nodes did not stop cleanly on SIGTERM: {codes}"
 
 
 def test_bad_node_configuration_is_a_one_line_error_not_a_traceback(tmp_path):
