@@ -6,8 +6,12 @@ request number, "i": the origin's incarnation, "cl"?: client, "sq"?: seq}`` or a
 answers at its place in the log. Every node applies every entry; the node named by ``"o"`` answers its
 client. Retries are deduplicated by `Sessions`, which is part of the replicated state: built only from
 the log in log order, so every node holds the same table and a retry sent to another node after a
-failover is recognised too. Queries at the `local` and `leader` levels are answered from the current state
-once at least ``min_applied`` entries are applied.
+failover is recognised too. A state machine that persists itself is not replayed below its
+``applied_index`` after a restart, so an in-memory table would come back empty and a retry would be
+applied twice; such a machine declares ``keeps_sessions`` and keeps the table itself, written in the same
+transaction as each command (statemachines/base.py), with the same window as `Sessions`. Queries at the
+`local` and `leader` levels are answered from the current state once at least ``min_applied`` entries are
+applied.
 """
 from __future__ import annotations
 
@@ -16,20 +20,24 @@ from collections import OrderedDict
 
 from omni.paxos import DecidedEntries, DecidedSnapshot, StopSign
 from omni.statemachines import StateMachine, StateMachineError
+from omni.statemachines.base import SESSION_CLIENTS, SESSION_SEQS, session_too_old
 
 from .messages import Apply, Query, Reply
 from .supervision import SupervisedActor
 
 log = logging.getLogger("omni.applier")
 
-SEQS_PER_CLIENT = 64
-MAX_CLIENTS = 100_000
+INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError)
+
+SEQS_PER_CLIENT = SESSION_SEQS
+MAX_CLIENTS = SESSION_CLIENTS
 
 
 class Sessions:
     """Per client, the results of its last SEQS_PER_CLIENT writes; deterministic, so replicated alike."""
 
-    def __init__(self) -> None:
+    def __init__(self, seqs_per_client: int = SEQS_PER_CLIENT, max_clients: int = MAX_CLIENTS) -> None:
+        self.seqs_per_client, self.max_clients = seqs_per_client, max_clients  # smaller only in tests
         self.clients: OrderedDict[str, OrderedDict] = OrderedDict()
         self.floor: dict[str, int] = {}
 
@@ -39,18 +47,17 @@ class Sessions:
         if seqs is not None and seq in seqs:
             return seqs[seq]
         if seq < self.floor.get(client, 0):
-            raise StateMachineError("BAD_REQUEST", f"sequence number {seq} of client {client} is too old to "
-                                                   f"tell whether it was applied; use a new sequence number")
+            raise session_too_old(client, seq)
         return None
 
     def record(self, client: str, seq: int, result: tuple) -> None:
         seqs = self.clients.setdefault(client, OrderedDict())
         self.clients.move_to_end(client)
         seqs[seq] = result
-        while len(seqs) > SEQS_PER_CLIENT:
+        while len(seqs) > self.seqs_per_client:
             old, _ = seqs.popitem(last=False)
             self.floor[client] = max(self.floor.get(client, 0), old + 1)
-        while len(self.clients) > MAX_CLIENTS:
+        while len(self.clients) > self.max_clients:
             gone, _ = self.clients.popitem(last=False)
             self.floor.pop(gone, None)
 
@@ -95,6 +102,8 @@ class ApplierActor(SupervisedActor):
             log.error("skipping undecodable entry %d: %r", idx, entry)
             return
         if "q" in entry:
+            if not self._mine(entry):
+                return  # a read changes nothing: only the node that asked runs it (not peers, not replay)
             outcome = self._run(lambda: self.sm.query(entry["q"]))
         elif "w" in entry:
             outcome = self._apply_write(idx, entry)
@@ -111,24 +120,35 @@ class ApplierActor(SupervisedActor):
 
     def _apply_write(self, idx: int, entry: dict) -> tuple:
         client, seq = entry.get("cl"), entry.get("sq")
-        if isinstance(client, str) and isinstance(seq, int):
-            try:
-                known = self.sessions.lookup(client, seq)
-            except StateMachineError as exc:
-                return (False, None, exc.code, exc.message)
-            if known is not None:
-                return known
-            outcome = self._run(lambda: self.sm.apply(idx, entry["w"]))
-            self.sessions.record(client, seq, outcome)
-            return outcome
-        return self._run(lambda: self.sm.apply(idx, entry["w"]))
+        if not (isinstance(client, str) and isinstance(seq, int)):
+            return self._run(lambda: self.sm.apply(idx, entry["w"]))
+        if self.sm.keeps_sessions:  # looked up, applied and recorded in one transaction of the machine
+            return self._run(lambda: self.sm.apply(idx, entry["w"], session=(client, seq)))
+        try:
+            known = self.sessions.lookup(client, seq)
+        except StateMachineError as exc:
+            return (False, None, exc.code, exc.message)
+        if known is not None:
+            return known
+        outcome = self._run(lambda: self.sm.apply(idx, entry["w"]))
+        self.sessions.record(client, seq, outcome)
+        return outcome
 
     @staticmethod
     def _run(call) -> tuple:
+        """Run one command or query; a failure the input causes becomes an error reply, never a crash.
+
+        A decided entry is applied by every replica, and again after each restart: if bad input could kill
+        the Applier, one request would take down the whole cluster for good. Input errors are deterministic
+        (same input, same state, same error everywhere), so answering them keeps replicas identical.
+        Anything else (a disk failure, say) still stops the node.
+        """
         try:
             return (True, call(), "", "")
         except StateMachineError as exc:
             return (False, None, exc.code, exc.message)
+        except INPUT_ERRORS as exc:
+            return (False, None, "BAD_REQUEST", f"cannot apply this request: {type(exc).__name__}: {exc}"[:500])
 
     def _answer(self, query: Query) -> None:
         self.node.gateway.tell(Reply(query.req, *self._run(lambda: self.sm.query(query.request))))

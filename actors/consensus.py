@@ -73,7 +73,7 @@ class SequencePaxosActor(SupervisedActor):
             self.node.ble.tell(PromiseChanged(core.promise))
         status = NodeStatus(leader=core.leader(), role=core.role.value, ballot=core.promise,
                             decided_idx=core.decided_idx, config_id=core.cfg.config_id, members=core.nodes,
-                            accepting=core.is_accepting_leader())
+                            accepting=core.leader_has_caught_up())
         if status != self._status:
             self._status = status
             self.node.gateway.tell(status)

@@ -13,7 +13,9 @@ still be applied later, which a retry with the same ``client`` and ``seq`` resol
 """
 from __future__ import annotations
 
+import heapq
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -27,6 +29,8 @@ from .supervision import SupervisedActor
 log = logging.getLogger("omni.gateway")
 
 MAX_REQUEST = 16 * 1024 * 1024
+MAX_DEPTH = 64  # nesting of request values: every node must be able to encode and apply them
+MAX_IN_FLIGHT = 20_000  # requests waiting for an outcome; beyond it new ones are refused (UNAVAILABLE)
 DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 300.0
 ENVELOPE_KEYS = ("id", "client", "seq", "consistency", "timeout")
@@ -56,7 +60,10 @@ class GatewayActor(SupervisedActor):
         self.tick_seconds = tick_seconds
         self.status: Optional[NodeStatus] = None
         self.pending: dict[int, Pending] = {}
-        self.next_req = 0
+        self.deadlines: list = []  # heap of (deadline tick, request number)
+        # Request numbers start at random so a forwarded-read reply meant for an earlier life of this node
+        # cannot answer a request of this one (log entries carry the incarnation for the same reason).
+        self.next_req = secrets.randbits(48)
         self.now = 0
         self.late_replies = 0
 
@@ -84,13 +91,13 @@ class GatewayActor(SupervisedActor):
                 raise BadRequest("TOO_LARGE", f"request of {len(frame.body)} bytes exceeds {MAX_REQUEST}")
             request = _decode(frame.body)
             rid = request.get("id")
-            self._dispatch(frame.route, rid, request)
+            self._dispatch(frame.route, rid, request, len(frame.body))
         except BadRequest as exc:
             self._send(frame.route, _error(exc.code, exc.message, rid))
         except StateMachineError as exc:
             self._send(frame.route, _error(exc.code, exc.message, rid))
 
-    def _dispatch(self, route: tuple, rid, request: dict) -> None:
+    def _dispatch(self, route: tuple, rid, request: dict, size: int) -> None:
         op = request["op"]
         if op == "ping":
             return self._send(route, _ok({"node": self.node.pid}, rid))
@@ -98,11 +105,15 @@ class GatewayActor(SupervisedActor):
             return self._send(route, _ok(self._status_result(), rid))
         client, seq, consistency, timeout = _envelope(request)
         body = {k: v for k, v in request.items() if k not in ENVELOPE_KEYS}
+        if len(self.pending) >= MAX_IN_FLIGHT:
+            raise BadRequest("UNAVAILABLE", f"node {self.node.pid} is overloaded: {MAX_IN_FLIGHT} requests in flight")
         write = self.validator.is_write(body)  # may refuse the request: before anything is tracked
         command = self.validator.prepare(body) if write else None
+        if (write or consistency == "linearizable") and (self.status is None or self.status.leader == 0):
+            raise BadRequest("UNAVAILABLE", "no leader has been elected yet; retry shortly")
         req = self._track(route, rid, timeout)
         if write:
-            entry = {"w": command, "o": self.node.pid, "i": self.node.incarnation, "r": req}
+            entry = {"w": command, "o": self.node.pid, "i": self.node.incarnation, "r": req, "n": size}
             if client is not None:
                 entry["cl"], entry["sq"] = client, seq
             self.node.sequence_paxos.tell(Propose((entry,)))
@@ -114,9 +125,11 @@ class GatewayActor(SupervisedActor):
             entry = {"q": body, "o": self.node.pid, "i": self.node.incarnation, "r": req}
             self.node.sequence_paxos.tell(Propose((entry,)))
 
-    def _track(self, route: tuple, rid, timeout: float) -> int:
+    def _track(self, route: tuple, rid, timeout: float, peer: Optional[tuple] = None) -> int:
         self.next_req += 1
-        self.pending[self.next_req] = Pending(self.now + max(1, round(timeout / self.tick_seconds)), route, rid)
+        deadline = self.now + max(1, round(timeout / self.tick_seconds))
+        self.pending[self.next_req] = Pending(deadline, route, rid, peer)
+        heapq.heappush(self.deadlines, (deadline, self.next_req))
         return self.next_req
 
     def _leader_read(self, req: int, body: dict) -> None:
@@ -134,10 +147,8 @@ class GatewayActor(SupervisedActor):
             reply = _error("UNAVAILABLE", f"node {self.node.pid} is not the leader", None)
             self.node.outbox.send_node(msg.origin, PeerReply(msg.req, reply))
             return
-        self.next_req += 1
-        deadline = self.now + round(MAX_TIMEOUT / self.tick_seconds)
-        self.pending[self.next_req] = Pending(deadline, peer=(msg.origin, msg.req))
-        self.node.applier.tell(Query(self.next_req, msg.request, min_applied=status.decided_idx))
+        req = self._track((), None, DEFAULT_TIMEOUT, peer=(msg.origin, msg.req))
+        self.node.applier.tell(Query(req, msg.request, min_applied=status.decided_idx))
 
     # ---- replies -------------------------------------------------------------------------------------
 
@@ -153,8 +164,12 @@ class GatewayActor(SupervisedActor):
             self._send(pending.route, {**reply, "id": pending.rid})
 
     def _expire(self) -> None:
-        expired = [req for req, p in self.pending.items() if p.deadline <= self.now]
+        expired = []
+        while self.deadlines and self.deadlines[0][0] <= self.now:
+            expired.append(heapq.heappop(self.deadlines)[1])
         for req in expired:
+            if req not in self.pending:
+                continue  # answered in time
             self._finish(req, _error("TIMEOUT", "no outcome within the timeout; a write may still be applied "
                                                 "(retry with the same client and seq)", None))
 
@@ -182,7 +197,26 @@ def _decode(body: bytes) -> dict:
         raise BadRequest("BAD_REQUEST", "the frame must be a msgpack map")
     if not isinstance(request.get("op"), str):
         raise BadRequest("BAD_REQUEST", "the request needs an \"op\" string")
+    if _depth_exceeds(request, MAX_DEPTH):
+        raise BadRequest("BAD_REQUEST", f"values may nest at most {MAX_DEPTH} levels deep")
     return request
+
+
+def _depth_exceeds(value, limit: int) -> bool:
+    """True if containers nest deeper than ``limit`` (iterative: a deep value must not blow our stack)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+    return False
 
 
 def _envelope(request: dict) -> tuple:

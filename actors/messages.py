@@ -96,7 +96,7 @@ class NodeStatus:
     decided_idx: int
     config_id: int
     members: tuple
-    accepting: bool = False
+    accepting: bool = False  # leading, with everything earlier leaders decided applied here: serves `leader` reads
 
 
 @dataclass(frozen=True)

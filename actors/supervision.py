@@ -25,12 +25,15 @@ class SupervisedActor(pykka.ThreadingActor):
 
     def on_failure(self, exception_type, exception_value, tb) -> None:
         detail = "".join(traceback.format_exception(exception_type, exception_value, tb))
-        self.release()
         if self.node.stopping:  # a consequence of the first failure (a dead neighbour): already handled
             log.info("%s stopped after the node began stopping: %s", type(self).__name__, exception_value)
-            return
-        log.critical("%s failed: %s", type(self).__name__, exception_value)
-        self.node.fatal(f"{type(self).__name__} failed: {exception_value}", detail=detail)
+        else:
+            log.critical("%s failed: %s", type(self).__name__, exception_value)
+            self.node.fatal(f"{type(self).__name__} failed: {exception_value}", detail=detail)
+        try:  # after fatal(): a release that fails too (a dead disk) must not keep the node half alive
+            self.release()
+        except Exception as exc:
+            log.warning("%s could not release its resources: %s", type(self).__name__, exc)
 
     def on_stop(self) -> None:
         self.release()

@@ -61,9 +61,9 @@ class Outbox:
     def send_core(self, env) -> None:
         try:
             frame = codec.encode(env)
-        except codec.CodecError as exc:  # an entry msgpack cannot carry: drop it loudly, keep the node up
-            log.error("cannot encode %s to node %d: %s", type(env.msg).__name__, env.dst, exc)
-            return
+        except codec.CodecError as exc:
+            # Dropping it would stall replication for good (every resend fails alike): stop loudly instead.
+            raise RuntimeError(f"cannot encode {type(env.msg).__name__} for node {env.dst}: {exc}") from exc
         self._socket().send_multipart([b"P", b"%d" % env.dst, KIND_CORE + frame])
 
     def send_node(self, dst: int, message) -> None:
@@ -150,6 +150,7 @@ class Transport(threading.Thread):
         pull.bind(self.outbox.address)
         inbox = sock(zmq.ROUTER)
         inbox.setsockopt(zmq.RCVHWM, PEER_HWM)
+        inbox.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME + 16)  # larger: the peer is disconnected unread
         inbox.bind(self.listen)
         clients = sock(zmq.ROUTER)
         clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -167,7 +168,8 @@ class Transport(threading.Thread):
             d.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2000)
             d.setsockopt(zmq.RECONNECT_IVL, 100)
             d.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            mon = d.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            # Handshake, not TCP connect: only then can the link carry the PrepareReq a reconnect triggers.
+            mon = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
             self._all_sockets.append(mon)
             d.connect(address)
             dealers[pid], monitors[mon] = d, pid
@@ -255,7 +257,7 @@ class Transport(threading.Thread):
             event = zmq.utils.monitor.recv_monitor_message(mon, zmq.NOBLOCK)
         except zmq.Again:
             return
-        if event["event"] == zmq.EVENT_CONNECTED:
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             if pid in connected_once:
                 self.stats["reconnects"] += 1
                 self.on_reconnect(Reconnected(pid))

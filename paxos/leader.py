@@ -26,10 +26,10 @@ if TYPE_CHECKING:  # pragma: no cover
 class PendingAcceptDecide:
     """An AcceptDecide still in the output batch; later proposals extend it instead of adding messages."""
 
-    __slots__ = ("env", "entries", "decided_idx")
+    __slots__ = ("env", "entries", "decided_idx", "nbytes")
 
-    def __init__(self, env: Envelope, entries: list, decided_idx: int):
-        self.env, self.entries, self.decided_idx = env, entries, decided_idx
+    def __init__(self, env: Envelope, entries: list, decided_idx: int, nbytes: int = 0):
+        self.env, self.entries, self.decided_idx, self.nbytes = env, entries, decided_idx, nbytes
 
     def finish(self) -> Envelope:
         msg = self.env.msg
@@ -47,6 +47,7 @@ class LeaderState:
         self.seqs: dict[int, SequenceNumber] = {}
         self.accepted: dict[int, int] = {p: 0 for p in nodes}
         self.max_promise: tuple[Ballot, int] = (Ballot(), 0)
+        self.adopted_idx = 0  # accepted index right after adopting the freshest promised log
         self.buffer: list = []  # proposals made while still in the Prepare phase
         self.stopsign: Optional[StopSign] = None  # a reconfiguration asked for during the Prepare phase
         self.sessions = 0
@@ -119,6 +120,7 @@ class LeaderMixin:
             self._send(best, self._prepare_message())
             return
         self.phase = Phase.ACCEPT
+        ls.adopted_idx = self.log.accepted_idx
         if self.log.stopsign is None:
             if ls.buffer:
                 self._append_entries(ls.buffer)
@@ -179,15 +181,19 @@ class LeaderMixin:
         return [p for p in self.peers if p in promises]
 
     def _send_accept_decide(self: "SequencePaxos", pid: int, entries: list) -> None:
+        cfg = self.cfg
+        nbytes = sum(map(cfg.entry_size, entries)) if cfg.entry_size is not None else 0
         pending = self._pending_ad.get(pid)
-        if pending is not None and len(pending.entries) + len(entries) <= self.cfg.max_batch:
+        if pending is not None and len(pending.entries) + len(entries) <= cfg.max_batch \
+                and pending.nbytes + nbytes <= cfg.max_batch_bytes:
             pending.entries.extend(entries)
             pending.decided_idx = self.log.decided_idx
+            pending.nbytes += nbytes
             return
         ls = self.leader_state
         placeholder = AcceptDecide(ls.n, ls.next_seq(pid), self.log.decided_idx, ())
-        pending = PendingAcceptDecide(Envelope(self.pid, pid, self.cfg.config_id, placeholder),
-                                       list(entries), self.log.decided_idx)
+        pending = PendingAcceptDecide(Envelope(self.pid, pid, cfg.config_id, placeholder),
+                                      list(entries), self.log.decided_idx, nbytes)
         self._pending_ad[pid] = pending
         self._ready.messages.append(pending)
 

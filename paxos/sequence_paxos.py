@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from .follower import FollowerMixin
 from .roles import Phase, Role
@@ -61,6 +61,10 @@ class PaxosConfig:
     resend_ticks: int = 20
     max_batch: int = 4096
     snapshotter: Optional[Snapshotter] = None
+    #: bytes one entry takes on the wire (the host knows its encoding); with ``max_batch_bytes`` it keeps
+    #: each AcceptDecide under the transport's frame limit. None: count entries only.
+    entry_size: Optional[Callable[[Any], int]] = None
+    max_batch_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         nodes = tuple(self.nodes)
@@ -249,6 +253,11 @@ class SequencePaxos(LeaderMixin, FollowerMixin):
 
     def is_accepting_leader(self) -> bool:
         return self.role is Role.LEADER and self.phase is Phase.ACCEPT
+
+    def leader_has_caught_up(self) -> bool:
+        """Leading, and everything adopted when this round began is decided: its state holds every
+        write any earlier leader acknowledged (what a read at the `leader` level needs)."""
+        return self.is_accepting_leader() and self.log.decided_idx >= self.leader_state.adopted_idx
 
     def decided_stopsign(self) -> Optional[StopSign]:
         """The StopSign once it is decided: the configuration is over."""

@@ -12,12 +12,25 @@ Rules:
   `StateMachineError`; the node applies nothing for it and answers the client with that error.
 - A state machine that keeps its own files stores the index it applied in the same transaction as the
   command (DESIGN.md rule 6), and reports it through ``applied_index`` after a restart.
+- Exactly-once retries (PROTOCOL.md section 6) need the client-session table: per client, the outcomes of
+  its last `SESSION_SEQS` writes, a floor below which a seq is too old to tell, at most `SESSION_CLIENTS`
+  clients (the least recently written-to forgotten first). By default the node's Applier keeps it in
+  memory and rebuilds it by replaying the log, which is right for a state machine that is rebuilt from
+  the log too. A state machine that persists its state and is not replayed below its ``applied_index``
+  after a restart must keep the table itself, in the same transaction as each command, or a retry after
+  a restart would be applied twice: it sets ``keeps_sessions = True`` and accepts
+  ``apply(index, command, session=(client, seq))`` (sql.py does).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
+
+#: the session window, the same on every node (the table is replicated state): outcomes kept per client
+SESSION_SEQS = 64
+#: clients remembered at most; the one whose last recorded write is oldest is forgotten first
+SESSION_CLIENTS = 100_000
 
 
 class StateMachineError(Exception):
@@ -29,18 +42,34 @@ class StateMachineError(Exception):
         self.message = message
 
 
+def session_too_old(client: str, seq: int) -> StateMachineError:
+    """The answer to a retry whose seq fell out of its client's window: its outcome is unknown."""
+    return StateMachineError("BAD_REQUEST", f"sequence number {seq} of client {client} is too old to tell "
+                                            f"whether it was applied; use a new sequence number")
+
+
 class StateMachine(ABC):
     """A replicated state machine: commands come from the decided log, queries are read-only."""
 
     #: the name it is registered under in the ``omni.statemachines`` entry-point group
     name: str = ""
+    #: True: ``apply`` takes ``session=(client, seq)``, deduplicates retries itself and stores the session
+    #: record atomically with the command (module docstring); False: the Applier keeps sessions in memory
+    keeps_sessions: bool = False
 
     def __init__(self, data_dir: Path | None = None):
         self.data_dir = data_dir
 
     @abstractmethod
     def apply(self, index: int, command: dict) -> Any:
-        """Apply the decided command at log position ``index`` (0-based, strictly increasing)."""
+        """Apply the decided command at log position ``index`` (0-based, strictly increasing).
+
+        With ``keeps_sessions``, the Applier calls ``apply(index, command, session=(client, seq))`` for a
+        write that carries a client and seq: the machine answers a pair it has recorded with the recorded
+        outcome (its result, or the same StateMachineError raised again) without applying anything,
+        raises `session_too_old` for a seq below the client's floor, and otherwise applies the command
+        and records its outcome in the same transaction. Either way the entry counts as applied.
+        """
 
     @abstractmethod
     def query(self, request: dict) -> Any:

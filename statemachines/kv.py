@@ -133,7 +133,7 @@ class KVStateMachine(StateMachine):
         if has_prefix == has_start:
             raise StateMachineError("BAD_REQUEST", "range takes either 'prefix' or 'start' (with 'end')")
         limit = request.get("limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**62):
             raise StateMachineError("BAD_REQUEST", "'limit' must be a non-negative integer (0: no limit)")
         if has_prefix:
             prefix = _string(request, "prefix", allow_empty=True)

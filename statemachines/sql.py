@@ -10,6 +10,14 @@ because every replica fails it the same way. The write connection runs in WAL mo
 ``synchronous=FULL``; queries use a second, read-only connection. Which SQL is refused, and why, is in
 sql_guard.py; the stamped stand-ins for the clock and randomness are in sql_stamp.py.
 
+The client-session table of exactly-once retries (PROTOCOL.md section 6) lives in the database too
+(``keeps_sessions``, statemachines/base.py): the database is not rebuilt from the log after a restart, so
+a table kept in memory would come back empty and a retried write would run twice. `_SessionTable` keeps
+it in ``_omni_clients`` and ``_omni_sessions``, written in the same transaction as the command whose
+outcome it records, with the window of the Applier's in-memory `Sessions` (the same on every node, since
+it orders by log index, never by time). Both tables are created with the first session and are
+read-only to clients, like ``_omni_applied``.
+
 Ops: ``execute {sql, params?}`` or ``execute {statements: [[sql, params?], ...]}`` (a write; one statement
 per entry) -> ``{"results": [{"rows_affected", "last_insert_rowid"}, ...]}``, where ``last_insert_rowid``
 is the rowid of the latest INSERT in this command so far, 0 before any; ``query {sql, params?}`` (a read)
@@ -69,14 +77,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .base import StateMachine, StateMachineError
-from .sql_guard import META_TABLE, Guard, static_refusal
+import msgpack
+
+from .base import SESSION_CLIENTS, SESSION_SEQS, StateMachine, StateMachineError, session_too_old
+from .sql_guard import CLIENTS_TABLE, META_TABLE, OMNI_TABLES, SESSIONS_TABLE, Guard, static_refusal
 from .sql_stamp import Stamper
 
 #: SQLite result codes (primary, low byte) that describe this node, not the command: never SQL_ERROR
 _NODE_ERRORS = {5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26}  # BUSY LOCKED NOMEM READONLY INTERRUPT IOERR
 #                                                         CORRUPT FULL CANTOPEN PROTOCOL NOTADB
 _MAX_INT = 2**63
+_ACTIVE_INDEX = f"{CLIENTS_TABLE}_active"  # orders clients by recency, for forgetting the oldest
 
 
 class SQLNodeError(RuntimeError):
@@ -92,6 +103,7 @@ class SQLStateMachine(StateMachine):
 
     name = "sql"
     FILE_NAME = "state.sqlite3"
+    keeps_sessions = True
 
     def __init__(self, data_dir: Path | str | None = None):
         super().__init__(Path(data_dir) if data_dir is not None else None)
@@ -101,6 +113,7 @@ class SQLStateMachine(StateMachine):
         self._set_applied_sql = f"INSERT OR REPLACE INTO {META_TABLE} (id, idx) VALUES (0, ?) -- {nonce}"
         self._conn, self._reader = self._open()
         self._applied = self._read_applied()
+        self.sessions = _SessionTable(self._conn, self._internal)
 
     # --- opening ---
 
@@ -129,12 +142,14 @@ class SQLStateMachine(StateMachine):
 
     @contextlib.contextmanager
     def _internal(self):
-        """Run Omni's own statements (the applied index, dumps) past the client-facing authorizer."""
-        self._guard.internal = True
+        """Run Omni's own statements (the applied index, sessions, dumps) past the client-facing authorizer.
+
+        Nestable: the session table's statements run inside the applied-index transaction's block."""
+        outer, self._guard.internal = self._guard.internal, True
         try:
             yield
         finally:
-            self._guard.internal = False
+            self._guard.internal = outer
 
     def _read_applied(self) -> int:
         with self._internal():
@@ -157,21 +172,30 @@ class SQLStateMachine(StateMachine):
             _refuse_statically(sql)
         return {**request, "stamp": {"now": time.time(), "seed": secrets.randbits(63)}}
 
-    def apply(self, index: int, command: dict) -> Any:
+    def apply(self, index: int, command: dict, session: tuple[str, int] | None = None) -> Any:
         """Apply one decided entry. An index below `applied_index` raises ValueError: replay after a
         restart must start at `applied_index`. A failed command raises StateMachineError and still
-        counts as applied."""
+        counts as applied. With ``session=(client, seq)`` a recorded pair is answered from the session
+        table (base.py, `StateMachine.apply`) and a new one is recorded with the command."""
         if not isinstance(index, int) or index < self._applied:
             raise ValueError(f"entry {index} is already applied (applied_index={self._applied})")
         try:
-            op = _op(command)
-            if op == "execute":
-                return self._execute(index, _statements(command), command.get("stamp"))
-            result = self._query(command)  # a read that went through the log
-        except StateMachineError:
+            known = self.sessions.lookup(*session) if session is not None else None
+        except StateMachineError:  # too old to tell: applied as an error, alike on every node
             self._record_applied(index + 1)
             raise
-        self._record_applied(index + 1)
+        if known is not None:
+            self._record_applied(index + 1)
+            return _replay(known)
+        try:
+            op = _op(command)
+            if op == "execute":
+                return self._execute(index, _statements(command), command.get("stamp"), session)
+            result = self._query(command)  # a read that went through the log
+        except StateMachineError as e:
+            self._record_applied(index + 1, session, (False, None, e.code, e.message))
+            raise
+        self._record_applied(index + 1, session, (True, result, "", ""))
         return result
 
     def query(self, request: dict) -> Any:
@@ -181,7 +205,7 @@ class SQLStateMachine(StateMachine):
 
     # --- execute ---
 
-    def _execute(self, index: int, statements: list, stamp: Any) -> dict:
+    def _execute(self, index: int, statements: list, stamp: Any, session: tuple | None) -> dict:
         for sql, _ in statements:
             _refuse_statically(sql)
         self._guard.take_reason()
@@ -191,6 +215,8 @@ class SQLStateMachine(StateMachine):
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.execute(self._set_applied_sql, (index + 1,))
             results = [self._run(sql, params) for sql, params in statements]
+            if session is not None:  # in the command's transaction: both happen or neither
+                self.sessions.record(index, *session, (True, {"results": results}, "", ""))
             with self._internal():
                 self._conn.execute("COMMIT")
         except (sqlite3.Error, ValueError, OverflowError) as e:  # ValueError: e.g. NUL in the SQL text
@@ -202,21 +228,32 @@ class SQLStateMachine(StateMachine):
         return {"results": results}
 
     def _run(self, sql: str, params: Any) -> dict:
+        before = self._conn.total_changes
         cur = self._conn.execute(sql, params)
         cur.fetchall()  # a statement with rows (RETURNING, SELECT) is finished only when drained
-        return {"rows_affected": max(cur.rowcount, 0), "last_insert_rowid": cur.lastrowid or 0}
+        affected = cur.rowcount
+        if affected < 0 and self._conn.total_changes != before:
+            # sqlite3 counts rows only for statements that start with INSERT, UPDATE, DELETE or REPLACE;
+            # a WITH ... INSERT changed rows too: ask SQLite (the same on every node, triggers excluded)
+            with self._internal():
+                affected = self._conn.execute("SELECT changes()").fetchone()[0]
+        return {"rows_affected": max(affected, 0), "last_insert_rowid": cur.lastrowid or 0}
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
+            self.sessions.forget_cache()
             with self._internal():
                 self._conn.execute("ROLLBACK")
 
-    def _record_applied(self, applied: int) -> None:
-        """Advance the applied index alone, for a command that failed or only read."""
+    def _record_applied(self, applied: int, session: tuple | None = None, outcome: tuple = ()) -> None:
+        """Advance the applied index for a command that failed, only read or was a known retry; with
+        ``session``, record the command's outcome in the same transaction."""
         try:
             with self._internal():
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.execute(self._set_applied_sql, (applied,))
+                if session is not None:
+                    self.sessions.record(applied - 1, *session, outcome)
                 self._conn.execute("COMMIT")
         except sqlite3.Error as e:
             raise SQLNodeError(f"could not record applied index {applied}: {e}") from e
@@ -270,12 +307,14 @@ class SQLStateMachine(StateMachine):
         finally:
             src.close()
         self._applied = self._read_applied()
+        self.sessions.forget_cache()
 
     # --- for tests and tools ---
 
     def dump(self) -> list[str]:
-        """The database as SQL text (iterdump) without the applied-index table: equal on equal replicas."""
-        skip = (f"CREATE TABLE {META_TABLE} ", f'INSERT INTO "{META_TABLE}" ')
+        """The database as SQL text (iterdump) without Omni's own tables: equal on equal replicas."""
+        skip = tuple(prefix for table in OMNI_TABLES for prefix in (
+            f"CREATE TABLE {table} ", f'INSERT INTO "{table}" ')) + (f"CREATE INDEX {_ACTIVE_INDEX} ",)
         with self._internal():
             return [line for line in self._conn.iterdump() if not line.startswith(skip)]
 
@@ -283,6 +322,112 @@ class SQLStateMachine(StateMachine):
         self._reader.close()
         self._conn.close()
         self._stamper.close()
+
+
+class _SessionTable:
+    """The client-session table in the database, with exactly the window of the Applier's `Sessions`.
+
+    ``_omni_clients`` holds each client's floor (a seq below it is too old to tell) and ``active``, the log
+    index of its latest recorded write; ``_omni_sessions`` holds each recorded (client, seq) with the log
+    index that recorded it (``pos``) and its outcome as msgpack. Ordering by those indexes reproduces the
+    insertion and recency orders of `Sessions`' OrderedDicts, so the same log leaves the same table on
+    every node, restarted or not. `record` runs inside the caller's transaction and never commits.
+    """
+
+    seqs_per_client = SESSION_SEQS  # the window; tests set smaller ones on an instance
+    max_clients = SESSION_CLIENTS
+
+    def __init__(self, conn: sqlite3.Connection, internal) -> None:
+        self._conn, self._internal = conn, internal
+        self._exists: bool | None = None  # whether the tables were created yet; None: not known
+        self._clients: int | None = None  # how many clients are remembered; None: count again
+
+    def forget_cache(self) -> None:
+        """Called when a transaction rolls back or the database is replaced: re-read what is cached."""
+        self._exists = self._clients = None
+
+    def lookup(self, client: str, seq: int) -> tuple | None:
+        """The recorded outcome of (client, seq), or None; raises `session_too_old` below the floor."""
+        if not self._tables_exist():
+            return None
+        with self._internal():
+            row = self._conn.execute(f"SELECT outcome FROM {SESSIONS_TABLE} WHERE client = ? AND seq = ?",
+                                     (client, seq)).fetchone()
+            if row is not None:
+                return tuple(msgpack.unpackb(row[0], raw=False, strict_map_key=False))
+            floor = self._conn.execute(f"SELECT floor FROM {CLIENTS_TABLE} WHERE client = ?",
+                                       (client,)).fetchone()
+        if floor is not None and seq < floor[0]:
+            raise session_too_old(client, seq)
+        return None
+
+    def record(self, index: int, client: str, seq: int, outcome: tuple) -> None:
+        """Record the outcome of (client, seq), applied at log ``index``, and trim to the window."""
+        with self._internal():
+            self._create()
+            conn = self._conn
+            known = conn.execute(f"SELECT 1 FROM {CLIENTS_TABLE} WHERE client = ?", (client,)).fetchone()
+            conn.execute(f"INSERT INTO {CLIENTS_TABLE} (client, floor, active) VALUES (?, 0, ?) "
+                         "ON CONFLICT (client) DO UPDATE SET active = excluded.active", (client, index))
+            # a pair recorded again keeps its place in the window, as an OrderedDict key does
+            conn.execute(f"INSERT INTO {SESSIONS_TABLE} (client, seq, pos, outcome) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (client, seq) DO UPDATE SET outcome = excluded.outcome",
+                         (client, seq, index, msgpack.packb(list(outcome), use_bin_type=True)))
+            self._trim_seqs(client)
+            if known is None:  # only a new client can push the table over its limit
+                self._trim_clients()
+
+    def _trim_seqs(self, client: str) -> None:
+        """Forget the oldest outcomes beyond the window; the floor rises past each one forgotten."""
+        old = self._conn.execute(
+            f"SELECT seq FROM {SESSIONS_TABLE} WHERE client = ? ORDER BY pos DESC LIMIT -1 OFFSET ?",
+            (client, self.seqs_per_client)).fetchall()
+        if old:
+            self._conn.executemany(f"DELETE FROM {SESSIONS_TABLE} WHERE client = ? AND seq = ?",
+                                   [(client, seq) for seq, in old])
+            self._conn.execute(f"UPDATE {CLIENTS_TABLE} SET floor = max(floor, ?) WHERE client = ?",
+                               (max(seq for seq, in old) + 1, client))
+
+    def _trim_clients(self) -> None:
+        """Forget the least recently active clients beyond the limit, with their outcomes and floors."""
+        if self._clients is None:
+            self._clients = self._conn.execute(f"SELECT count(*) FROM {CLIENTS_TABLE}").fetchone()[0]
+        else:
+            self._clients += 1  # the caller just added one
+        excess = self._clients - self.max_clients
+        if excess > 0:
+            gone = self._conn.execute(f"SELECT client FROM {CLIENTS_TABLE} ORDER BY active LIMIT ?",
+                                      (excess,)).fetchall()
+            for table in (SESSIONS_TABLE, CLIENTS_TABLE):
+                self._conn.executemany(f"DELETE FROM {table} WHERE client = ?", gone)
+            self._clients -= len(gone)
+
+    def _tables_exist(self) -> bool:
+        if self._exists is None:
+            with self._internal():
+                row = self._conn.execute("SELECT count(*) FROM sqlite_master WHERE name = ?",
+                                         (SESSIONS_TABLE,)).fetchone()
+            self._exists = bool(row[0])
+        return self._exists
+
+    def _create(self) -> None:
+        if self._tables_exist():
+            return
+        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {CLIENTS_TABLE} (client TEXT PRIMARY KEY, "
+                           "floor INTEGER NOT NULL, active INTEGER NOT NULL)")
+        self._conn.execute(f"CREATE INDEX IF NOT EXISTS {_ACTIVE_INDEX} ON {CLIENTS_TABLE} (active)")
+        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {SESSIONS_TABLE} (client TEXT NOT NULL, "
+                           "seq INTEGER NOT NULL, pos INTEGER NOT NULL, outcome BLOB NOT NULL, "
+                           "PRIMARY KEY (client, seq)) WITHOUT ROWID")
+        self._exists = True  # forget_cache() undoes this if the transaction rolls back
+
+
+def _replay(outcome: tuple) -> Any:
+    """A recorded outcome given again: its result, or its error raised again."""
+    ok, result, code, message = outcome
+    if ok:
+        return result
+    raise StateMachineError(code, message)
 
 
 def _open_snapshot(data: bytes) -> sqlite3.Connection:

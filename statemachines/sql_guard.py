@@ -22,6 +22,11 @@ import sqlite3
 
 #: the table that holds the applied index (DESIGN.md rule 6); clients may read it, never write it
 META_TABLE = "_omni_applied"
+#: the client-session table (exactly-once retries, sql.py): clients and their recent outcomes; read-only too
+CLIENTS_TABLE, SESSIONS_TABLE = "_omni_clients", "_omni_sessions"
+#: Omni's own tables, and what each holds (for the refusal message)
+OMNI_TABLES = {META_TABLE: "holds the applied log index", CLIENTS_TABLE: "holds the client sessions",
+               SESSIONS_TABLE: "holds the client sessions"}
 
 _TOKEN = re.compile(
     r"""
@@ -133,18 +138,18 @@ def static_refusal(sql: str) -> str | None:
     for i, (kind, text) in enumerate(toks[:-1]):
         if kind == "word" and toks[i + 1][1] == "(" and text.lower() in REFUSED_FUNCTIONS:
             return f"{text.lower()}() is refused in execute: {REFUSED_FUNCTIONS[text.lower()]}"
-    if first == "CREATE" and "TRIGGER" in words[1:3] and _names_meta_table(toks):
-        # the authorizer sees a trigger's body only when it fires; refuse the trigger itself
-        return f"{META_TABLE} holds the applied log index: triggers may not use it"
+    table = _named_omni_table(toks) if first == "CREATE" and "TRIGGER" in words[1:3] else None
+    if table:  # the authorizer sees a trigger's body only when it fires; refuse the trigger itself
+        return f"{table} {OMNI_TABLES[table]}: triggers may not use it"
     if first in ("CREATE", "ALTER"):
         return _now_in_pure_context(toks)
     return None
 
 
-def _names_meta_table(toks: list[tuple[str, str]]) -> bool:
+def _named_omni_table(toks: list[tuple[str, str]]) -> str | None:
     names = {text.lower() for kind, text in toks if kind == "word"}
     names |= {text[1:-1].lower() for kind, text in toks if kind == "quoted"}
-    return META_TABLE in names
+    return next((table for table in OMNI_TABLES if table in names), None)
 
 
 def _pragma_text_refusal(toks: list[tuple[str, str]]) -> str | None:
@@ -262,8 +267,10 @@ class Guard:
             return self.refuse(f"{arg1} is refused in execute: its rows differ between nodes")
         if action == _A.SQLITE_READ and (arg1 or "").lower() in NODE_LOCAL_TABLES:
             return self.refuse(f"{arg1} is refused in execute: it describes one node, not the replicated data")
-        if action not in _READ_ACTIONS and META_TABLE in ((arg1 or "").lower(), (arg2 or "").lower()):
-            return self.refuse(f"{META_TABLE} holds the applied log index and is read-only")
+        if action not in _READ_ACTIONS:
+            table = next((t for t in ((arg1 or "").lower(), (arg2 or "").lower()) if t in OMNI_TABLES), None)
+            if table:
+                return self.refuse(f"{table} {OMNI_TABLES[table]} and is read-only")
         return sqlite3.SQLITE_OK
 
     def read_authorizer(self, action, arg1, arg2, dbname, source) -> int:

@@ -350,3 +350,29 @@ def test_single_node_cluster_decides_alone():
     net.lead(9)
     net.propose(9, "solo")
     assert net.applied[9] == ["solo"] and net.nodes[9].role is Role.LEADER
+
+
+def test_accept_decide_batches_are_bounded_by_bytes_too():
+    net = steady(entry_size=len, max_batch_bytes=10)
+    leader = net.nodes[3]
+    for word in ("aaaa", "bbbb", "cccc", "dd"):
+        leader.propose([word])
+    batches = [e.msg.entries for e in leader.take_ready().messages if isinstance(e.msg, AcceptDecide) and e.dst == 1]
+    assert batches == [("aaaa", "bbbb"), ("cccc", "dd")]
+
+
+def test_leader_serves_leader_reads_only_after_deciding_what_it_adopted():
+    net = steady()
+    # "a" and "b" are decided at node 3 only; node 2 accepted them but never hears they are decided.
+    net.block = lambda env: env.dst == 1 or isinstance(env.msg, Decide)
+    net.propose(3, "a", "b")
+    assert net.nodes[2].decided_idx == 0 and net.nodes[2].log.accepted_idx == 2
+    net.down.add(3)
+    net.block = lambda env: isinstance(env.msg, (Accepted, Decide))  # the new leader cannot decide yet
+    net.lead(1, n=2)
+    assert net.nodes[1].is_accepting_leader() and not net.nodes[1].leader_has_caught_up()
+    net.block = lambda env: False
+    net.nodes[1].tick()
+    net.pump()
+    net.propose(1, "c")
+    assert net.nodes[1].leader_has_caught_up() and net.applied[1] == ["a", "b", "c"]

@@ -109,3 +109,22 @@ def test_garbage_on_the_peer_port_is_dropped_and_cluster_keeps_working(cluster):
     with Client([cluster.endpoint(1)], timeout=2, retries=3) as c:
         assert c.put("still", "alive")["revision"] >= 1
         assert c.get("still")["value"] == "alive"
+
+
+def test_requests_that_once_crashed_every_replica_get_errors_and_the_cluster_keeps_serving(cluster, raw):
+    """A read or write that made the Applier raise used to kill it on every node, and again on replay."""
+    assert code(raw(msgpack.packb({"op": "range", "prefix": "", "limit": 2**63 - 1}))) == "BAD_REQUEST"
+    deep = "leaf"
+    for _ in range(500):
+        deep = [deep]
+    assert code(raw(msgpack.packb({"op": "put", "key": "deep", "value": deep}))) == "BAD_REQUEST"
+    assert code(raw(msgpack.packb({"op": "cas", "key": "deep", "expected": deep, "value": 1}))) == "BAD_REQUEST"
+    nested = "leaf"
+    for _ in range(60):  # deep, but within the limit: stored and compared like any value
+        nested = {"k": nested}
+    with cluster.client() as c:
+        c.put("nested", nested)
+        assert c.cas("nested", nested, "flat")["succeeded"] is True
+        assert c.get("nested")["value"] == "flat"
+    for pid in cluster.pids:
+        assert cluster.alive(pid), cluster.tail_logs()

@@ -123,3 +123,41 @@ def test_entry_proposed_by_an_earlier_life_of_this_node_answers_no_one():
         ref.stop()
     replies = [e for e in rec.events if e == ("apply", "Reply")]
     assert len(replies) == 1
+
+
+def test_a_request_that_makes_the_state_machine_raise_gets_an_error_instead_of_killing_the_applier():
+    from omni.actors.applier import ApplierActor
+    from omni.statemachines import StateMachine
+
+    class Fragile(StateMachine):
+        applied_index = 0
+
+        def apply(self, index, command):
+            return 1 // command["divisor"]
+
+        def query(self, request):
+            raise RecursionError("too deep")
+
+        def is_write(self, request):
+            return True
+
+        def snapshot(self):
+            return b""
+
+        def restore(self, data):
+            pass
+
+    rec = Recorder()
+    rec.incarnation, rec.gateway = 1, rec
+    replies = []
+    rec.tell = lambda message: replies.append(message)
+    entries = ({"w": {"divisor": "x"}, "o": 1, "i": 1, "r": 1}, {"q": {}, "o": 1, "i": 1, "r": 2},
+               {"w": {"divisor": 1}, "o": 1, "i": 1, "r": 3})
+    ref = ApplierActor.start(rec, Fragile(None))
+    try:
+        ref.ask(Apply((DecidedEntries(0, entries),)))
+        assert ref.is_alive()
+    finally:
+        ref.stop()
+    assert [(r.req, r.ok, r.code) for r in replies] == [(1, False, "BAD_REQUEST"), (2, False, "BAD_REQUEST"),
+                                                        (3, True, "")]

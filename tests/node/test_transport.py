@@ -11,16 +11,35 @@ from omni.paxos import Ballot, Envelope, PrepareReq
 from ..integration.cluster import free_ports
 
 
-def start_transport(ctx, pid, ports, events):
+def start_transport(ctx, pid, ports, events, deadline=20.0):
+    """Start a transport; retry the bind while the previous owner of the port is still letting go."""
     peer = 2 if pid == 1 else 1
-    outbox = Outbox(ctx, pid)
-    t = Transport(ctx, outbox, pid, f"tcp://127.0.0.1:{ports[pid]}", {peer: f"tcp://127.0.0.1:{ports[peer]}"},
-                  f"tcp://127.0.0.1:{ports[pid + 10]}", on_core=events.put, on_client=events.put,
-                  on_node=events.put, on_reconnect=events.put, on_fatal=events.put)
-    t.start()
-    t.bound.wait()
-    assert t.bind_error is None
-    return t, outbox
+    end = time.monotonic() + deadline
+    while True:
+        outbox = Outbox(ctx, pid)
+        t = Transport(ctx, outbox, pid, f"tcp://127.0.0.1:{ports[pid]}", {peer: f"tcp://127.0.0.1:{ports[peer]}"},
+                      f"tcp://127.0.0.1:{ports[pid + 10]}", on_core=events.put, on_client=events.put,
+                      on_node=events.put, on_reconnect=events.put, on_fatal=events.put)
+        t.start()
+        t.bound.wait()
+        if t.bind_error is None:
+            return t, outbox
+        assert time.monotonic() < end, f"cannot bind: {t.bind_error}"
+        time.sleep(0.2)
+
+
+def send_until_received(outbox, env, events, deadline=20.0):
+    """Links drop messages until the handshake is done (ZMQ_IMMEDIATE), so keep sending until one lands."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        outbox.send_core(env)
+        try:
+            item = events.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if isinstance(item, Inbound):
+            return item
+    raise AssertionError("the message never arrived")
 
 
 def expect(events, kind, deadline=20.0):
@@ -44,17 +63,12 @@ def test_peer_restart_is_reported_as_reconnected_and_messages_flow_again():
     t2, out2 = start_transport(ctx, 2, ports, events2)
     env = Envelope(1, 2, 1, PrepareReq(Ballot(1, 0, 1)))
     try:
-        end = time.monotonic() + 20
-        while events2.empty() and time.monotonic() < end:  # DEALERs drop until connected (ZMQ_IMMEDIATE)
-            out1.send_core(env)
-            time.sleep(0.05)
-        assert expect(events2, Inbound).env == env
+        assert send_until_received(out1, env, events2).env == env
         t2.stop()
         t2.join(timeout=5)
         t2, out2 = start_transport(ctx, 2, ports, events2)  # the peer comes back on the same address
         assert expect(events1, Reconnected) == Reconnected(2)
-        out1.send_core(env)
-        assert expect(events2, Inbound).env == env
+        assert send_until_received(out1, env, events2).env == env
         assert t1.stats["reconnects"] >= 1
     finally:
         for t in (t1, t2):
