@@ -8,8 +8,18 @@ decided items to the Applier, in order. A storage failure is fatal (rule 5): the
 """
 from __future__ import annotations
 
+import logging
+import os
+
 from .messages import Apply, Inbound, Persist
 from .supervision import SupervisedActor
+
+log = logging.getLogger("omni.storage")
+
+#: TEST-ONLY: set to "1" to skip every log write while still acknowledging (breaks durability rules 1-4
+#: on purpose). It exists so the fault-injection harness can prove that it catches lost writes
+#: (tests/jepsen/test_planted_anomaly.py). Never set it anywhere else.
+UNSAFE_ENV = "OMNI_TEST_UNSAFE_SKIP_LOG_WRITES"
 
 MAX_PENDING_BATCHES = 64  # Ready batches per commit at most, so a busy mailbox still commits regularly
 
@@ -20,6 +30,10 @@ class StorageActor(SupervisedActor):
         self.store = store
         self.pending: list = []
         self.commits = 0
+        self.unsafe_skip_writes = os.environ.get(UNSAFE_ENV) == "1"
+        if self.unsafe_skip_writes:
+            log.warning("UNSAFE: %s=1: log writes are skipped, acknowledged writes WILL be lost on a crash",
+                        UNSAFE_ENV)
 
     def on_receive(self, message):
         if isinstance(message, Persist):
@@ -30,7 +44,7 @@ class StorageActor(SupervisedActor):
     def _flush(self) -> None:
         batches, self.pending = self.pending, []
         groups = [group for ready in batches for group in ready.writes]
-        if groups:
+        if groups and not self.unsafe_skip_writes:
             self.store.write(groups)
             self.commits += 1
         node = self.node

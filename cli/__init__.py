@@ -4,7 +4,9 @@ import click
 from .kv import kv
 from .node import cluster, node
 from .sim import sim
+from .sql import sql
 from .status import status
+from .torture import torture
 
 
 @click.group()
@@ -23,3 +25,5 @@ main.add_command(kv)
 main.add_command(status)
 main.add_command(node)
 main.add_command(cluster)
+main.add_command(torture)
+main.add_command(sql)

@@ -29,8 +29,9 @@ def free_ports(count: int) -> list[int]:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, pids=(1, 2, 3), state_machine: str = "kv"):
+    def __init__(self, root: Path, pids=(1, 2, 3), state_machine: str = "kv", env: dict | None = None):
         self.root, self.pids, self.state_machine = root, tuple(pids), state_machine
+        self.env = env  # the node processes' environment; None: this process's own
         ports = free_ports(2 * len(self.pids))
         self.peer_port = dict(zip(self.pids, ports[: len(self.pids)]))
         self.client_port = dict(zip(self.pids, ports[len(self.pids):]))
@@ -51,7 +52,8 @@ class LocalCluster:
         for pid in pids or self.pids:
             self.logs[pid] = self.root / f"node-{pid}.log"
             log = open(self.logs[pid], "ab")
-            self.procs[pid] = subprocess.Popen(self.command(pid), stdout=log, stderr=subprocess.STDOUT)
+            self.procs[pid] = subprocess.Popen(self.command(pid), stdout=log, stderr=subprocess.STDOUT,
+                                               env=self.env)
             log.close()
         return self
 

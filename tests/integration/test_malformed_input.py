@@ -128,3 +128,16 @@ def test_requests_that_once_crashed_every_replica_get_errors_and_the_cluster_kee
         assert c.get("nested")["value"] == "flat"
     for pid in cluster.pids:
         assert cluster.alive(pid), cluster.tail_logs()
+
+
+def test_64_mib_garbage_frame_on_the_peer_port_is_dropped_and_node_keeps_serving(cluster):
+    ctx = zmq.Context.instance()
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.setsockopt(zmq.ROUTING_ID, b"2")
+    peer.connect(f"tcp://127.0.0.1:{cluster.peer_port[1]}")
+    peer.send(b"\x00" + b"\xff" * (64 * 1024 * 1024))
+    peer.close()
+    with Client([cluster.endpoint(1)], timeout=2, retries=5) as c:
+        assert c.put("after-huge-peer-frame", 1)["revision"] >= 1
+    assert cluster.alive(1)

@@ -307,3 +307,29 @@ def test_a_file_of_another_format_is_refused(path):
     raw.close()
     with pytest.raises(StorageFailure, match="format 99"):
         SQLiteLogStore(path)
+
+
+def test_torn_wal_tail_is_dropped_on_restart_and_the_prefix_survives(tmp_path):
+    """Rule 5: a crash in the middle of writing the last transaction leaves a torn tail; it is dropped."""
+    import shutil
+
+    from omni.actors.log_store import SQLiteLogStore as Store
+    from omni.paxos.storage import AppendOnPrefix as Append
+
+    live = tmp_path / "live"
+    live.mkdir()
+    store = Store(live / "log.db")
+    store.load()
+    store.write([(Append(0, ("first",)),)])
+    wal = live / "log.db-wal"
+    size_after_first = wal.stat().st_size
+    store.write([(Append(1, ("second" * 1000,)),)])
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copy(live / "log.db", crashed / "log.db")
+    torn = wal.read_bytes()
+    cut = size_after_first + (len(torn) - size_after_first) // 2  # half of the last transaction
+    (crashed / "log.db-wal").write_bytes(torn[:cut])
+    store.close()
+    state = Store(crashed / "log.db").load()
+    assert state.entries == ["first"]
