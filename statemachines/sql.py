@@ -90,6 +90,44 @@ _MAX_INT = 2**63
 _ACTIVE_INDEX = f"{CLIENTS_TABLE}_active"  # orders clients by recency, for forgetting the oldest
 
 
+STEP_GRANULARITY = 1000  # SQLite VM instructions between two calls of the progress handler
+STEP_BUDGET = 50_000  # calls: a statement may run 50 million VM instructions, then it fails
+BUDGET_MESSAGE = (f"statement stopped after {STEP_GRANULARITY * STEP_BUDGET:,} SQLite steps "
+                  f"(an endless WITH RECURSIVE?); every replica stops it at the same step")
+
+
+class StepBudget:
+    """Stops a user statement after a fixed number of SQLite VM steps.
+
+    A statement that never ends would hang the Applier of every replica, and again at every replay.
+    SQLite counts VM instructions, not time, so the same statement on the same data stops at the same
+    step on every node: the failure is an SQL_ERROR every replica agrees on. Omni's own statements run
+    outside `running()` and are never stopped.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.active = False
+        self.exhausted = False
+
+    def __call__(self) -> int:
+        if not self.active:
+            return 0
+        self.calls += 1
+        if self.calls > STEP_BUDGET:
+            self.exhausted = True
+            return 1  # non-zero: SQLite interrupts the statement
+        return 0
+
+    @contextlib.contextmanager
+    def running(self):
+        self.calls, self.active, self.exhausted = 0, True, False
+        try:
+            yield
+        finally:
+            self.active = False
+
+
 class SQLNodeError(RuntimeError):
     """The node's database failed (I/O, disk full, corruption): the node must stop, not answer."""
 
@@ -109,6 +147,7 @@ class SQLStateMachine(StateMachine):
         super().__init__(Path(data_dir) if data_dir is not None else None)
         self._guard, self._read_guard = Guard(), Guard()
         self._stamper = Stamper(self._guard)
+        self._budget = StepBudget()
         nonce = uuid.uuid4().hex  # keeps Omni's statements out of reach of the shared statement cache
         self._set_applied_sql = f"INSERT OR REPLACE INTO {META_TABLE} (id, idx) VALUES (0, ?) -- {nonce}"
         self._conn, self._reader = self._open()
@@ -134,10 +173,12 @@ class SQLStateMachine(StateMachine):
                        "(id INTEGER PRIMARY KEY CHECK (id = 0), idx INTEGER NOT NULL)")
         self._stamper.install(writer)
         writer.set_authorizer(self._guard.write_authorizer)
+        writer.set_progress_handler(self._budget, STEP_GRANULARITY)
         reader = sqlite3.connect(reader_uri, uri=True, isolation_level=None, check_same_thread=False)
         for pragma in ("query_only=ON", "foreign_keys=ON", "recursive_triggers=OFF"):
             reader.execute(f"PRAGMA {pragma}")
         reader.set_authorizer(self._read_guard.read_authorizer)
+        reader.set_progress_handler(self._budget, STEP_GRANULARITY)
         return writer, reader
 
     @contextlib.contextmanager
@@ -229,8 +270,9 @@ class SQLStateMachine(StateMachine):
 
     def _run(self, sql: str, params: Any) -> dict:
         before = self._conn.total_changes
-        cur = self._conn.execute(sql, params)
-        cur.fetchall()  # a statement with rows (RETURNING, SELECT) is finished only when drained
+        with self._budget.running():
+            cur = self._conn.execute(sql, params)
+            cur.fetchall()  # a statement with rows (RETURNING, SELECT) is finished only when drained
         affected = cur.rowcount
         if affected < 0 and self._conn.total_changes != before:
             # sqlite3 counts rows only for statements that start with INSERT, UPDATE, DELETE or REPLACE;
@@ -262,6 +304,8 @@ class SQLStateMachine(StateMachine):
         self._applied = applied
 
     def _sql_error(self, e: Exception) -> Exception:
+        if self._budget.exhausted:  # our own interrupt: the statement's fault, the same on every replica
+            return StateMachineError("SQL_ERROR", BUDGET_MESSAGE)
         code = getattr(e, "sqlite_errorcode", None)
         if code is not None and code & 0xFF in _NODE_ERRORS:
             return SQLNodeError(f"{getattr(e, 'sqlite_errorname', 'SQLITE_ERROR')}: {e}")
@@ -276,9 +320,12 @@ class SQLStateMachine(StateMachine):
         params = _params(request.get("params"), "params")
         self._read_guard.take_reason()
         try:
-            cur = self._reader.execute(sql, params)
-            rows = [list(row) for row in cur.fetchall()]
+            with self._budget.running():
+                cur = self._reader.execute(sql, params)
+                rows = [list(row) for row in cur.fetchall()]
         except (sqlite3.Error, ValueError, OverflowError) as e:
+            if self._budget.exhausted:
+                raise StateMachineError("SQL_ERROR", BUDGET_MESSAGE) from None
             code = getattr(e, "sqlite_errorcode", None)
             if code is not None and code & 0xFF in _NODE_ERRORS:
                 raise SQLNodeError(str(e)) from e

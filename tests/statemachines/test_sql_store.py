@@ -275,3 +275,21 @@ def test_disk_errors_are_node_failures_not_sql_errors(sm):
     constraint = sqlite3.IntegrityError("UNIQUE constraint failed")
     constraint.sqlite_errorcode = 19 | (8 << 8)  # SQLITE_CONSTRAINT_UNIQUE
     assert isinstance(sm._sql_error(constraint), StateMachineError)
+
+
+def test_endless_recursive_query_fails_identically_instead_of_hanging_the_replica(tmp_path):
+    from omni.statemachines.sql import BUDGET_MESSAGE, SQLStateMachine
+
+    endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n"
+    replicas = [SQLStateMachine(tmp_path / name) for name in ("a", "b")]
+    for sm in replicas:
+        sm.apply(0, {"op": "execute", "sql": "CREATE TABLE t (x)"})
+        with pytest.raises(StateMachineError) as read:
+            sm.query({"op": "query", "sql": endless})
+        assert read.value.code == "SQL_ERROR" and read.value.message == BUDGET_MESSAGE
+        with pytest.raises(StateMachineError) as write:
+            sm.apply(1, {"op": "execute", "sql": "INSERT INTO t " + endless.replace("count(*)", "x")})
+        assert write.value.code == "SQL_ERROR"
+        assert sm.applied_index == 2 and sm.query({"op": "query", "sql": "SELECT count(*) FROM t"})["rows"] == [[0]]
+        sm.apply(2, {"op": "execute", "sql": "INSERT INTO t VALUES (1)"})  # still works afterwards
+    assert replicas[0].dump() == replicas[1].dump()
