@@ -7,7 +7,7 @@ These never leave the process. Protocol messages between nodes are `omni.paxos` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omni.paxos import Ballot, Envelope, Ready
 
@@ -122,12 +122,3 @@ class PeerReply:
 
     req: int
     reply: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Fatal:
-    """Any actor to the node supervisor: stop the whole process now, with this reason."""
-
-    reason: str
-    exit_code: int = 70
-    detail: Optional[str] = None

@@ -386,7 +386,7 @@ class SequencePaxos(LeaderMixin, FollowerMixin):
                 if data is _UNUSABLE:
                     return None
                 ops.append(Compact(sync.sync_idx, data))
-                compacted = log_len = sync.sync_idx
+                compacted, log_len = sync.sync_idx, max(log_len, sync.sync_idx)
         # Entries below what we already compacted are decided, hence identical: skip them.
         start = max(sync.sync_idx, compacted)
         suffix = sync.suffix[start - sync.sync_idx:] if start > sync.sync_idx else sync.suffix
