@@ -12,7 +12,9 @@ the node's default is 10 ms x 30 = 300 ms).
 Scenarios (nodes): kill-leader, pause-leader, isolate-leader (3); minority-with-leader (5: the leader and
 one follower cut from the other three), majority-with-leader (5: two followers cut off, the leader keeps a
 majority); quorum-loss, constrained (5) and chained (3), the OmniPaxos paper's partial-connectivity cases
-(see omni.jepsen.nemesis). Partitions are iptables rules (root needed).
+(see omni.jepsen.nemesis). Partitions are iptables rules (root needed). A run after whose heal no write
+succeeds within `--limit` is counted as "wedged"; that cluster is left on disk for a post-mortem and a
+fresh one serves the remaining runs.
 
     python bench/recovery.py [--runs 3] [--election-ticks 20] [--out bench/recovery_results.json]
 """
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -94,25 +97,47 @@ def _one_run(name, how, cluster, nemesis, probe, limit, rng) -> dict:
             "after_heal_s": after_heal, "held_s": fault.healed_at - fault.injected_at}
 
 
+class Harness:
+    """One cluster with its nemesis and probes; replaced by a fresh one when a fault leaves it wedged."""
+
+    def __init__(self, nodes, args, firewall, rng):
+        self.cluster = Cluster(Path(tempfile.mkdtemp(prefix="omni-recovery-")), nodes, tick_ms=args.tick_ms,
+                               election_ticks=args.election_ticks)
+        self.cluster.start()
+        self.cluster.leader(deadline=args.limit * 4)
+        self.nemesis = nem.Nemesis(self.cluster, firewall, rng)
+        self.probe = Probe(self.cluster.endpoints(), per_node=args.probes, timeout=0.6, pause=0.01).start()
+
+    def close(self, keep: bool = False) -> None:
+        self.probe.stop()
+        self.cluster.stop()
+        if not keep:
+            shutil.rmtree(self.cluster.root, ignore_errors=True)
+
+
 def run_group(names, nodes, args, firewall, rng) -> list[dict]:
-    rows = []
-    with Cluster(Path(tempfile.mkdtemp(prefix="omni-recovery-")), nodes, tick_ms=args.tick_ms,
-                 election_ticks=args.election_ticks) as cluster:
-        cluster.start()
-        cluster.leader(deadline=args.limit * 4)
-        nemesis = nem.Nemesis(cluster, firewall, rng)
-        probe = Probe(cluster.endpoints(), per_node=args.probes, timeout=0.6, pause=0.01).start()
-        try:
-            for name in names:
-                for i in range(args.runs):
-                    row = _one_run(name, SCENARIOS[name][1], cluster, nemesis, probe, args.limit, rng)
-                    row["run"] = i + 1
-                    rows.append(row)
-                    print(f"  {name:22} run {i + 1}: {_fmt(row['recovery_s'], row['recovery_et'])}"
-                          f"  after heal {_fmt(row['after_heal_s'])}  ({row['detail']})", flush=True)
-                    nemesis.heal_all()
-        finally:
-            probe.stop()
+    rows, h = [], Harness(nodes, args, firewall, rng)
+    try:
+        for name in names:
+            for i in range(args.runs):
+                try:
+                    row = _one_run(name, SCENARIOS[name][1], h.cluster, h.nemesis, h.probe, args.limit, rng)
+                except TimeoutError as exc:  # the previous fault left the cluster unable to write
+                    row = {"scenario": name, "nodes": nodes, "detail": f"not run: {exc}", "recovery_s": None,
+                           "recovery_et": None, "after_heal_s": None}
+                row["run"] = i + 1
+                h.nemesis.heal_all()
+                row["wedged"] = row["after_heal_s"] is None
+                rows.append(row)
+                print(f"  {name:22} run {i + 1}: {_fmt(row['recovery_s'], row['recovery_et'])}"
+                      f"  after heal {_fmt(row['after_heal_s'])}  ({row['detail']})", flush=True)
+                if row["wedged"]:
+                    print(f"  (no write succeeded after the heal: cluster kept in {h.cluster.root}, "
+                          f"starting a fresh one)", flush=True)
+                    h.close(keep=True)
+                    h = Harness(nodes, args, firewall, rng)
+    finally:
+        h.close()
     return rows
 
 
@@ -131,7 +156,8 @@ def table(rows: list[dict], et: float) -> str:
         heal = [r["after_heal_s"] for r in group if r["after_heal_s"] is not None]
         rec = f"{min(got):.2f} / {statistics.median(got):.2f} / {max(got):.2f}" if got else "none"
         med = f"{statistics.median(got) / et:.1f}" if got else "-"
-        missing = f" ({len(group) - len(got)} never)" if len(got) < len(group) else ""
+        wedged = sum(1 for r in group if r.get("wedged"))
+        missing = f" ({len(group) - len(got)} never, {wedged} wedged)" if len(got) < len(group) else ""
         heal_med = f"{statistics.median(heal):.2f}" if heal else "none"
         lines.append(f"| {name} | {group[0]['nodes']} | {len(group)} | {rec}{missing} | {med} | {heal_med} |")
     return "\n".join(lines)

@@ -9,6 +9,8 @@ The pieces, in the order a run uses them:
 - `nemesis`: the faults: kill -9 / restart, SIGSTOP / SIGCONT, and partitions (majority/minority, isolated
   leader, ring, bridge, and the OmniPaxos paper's quorum-loss, constrained-election and chained cases).
 - `workload`: the client workers (threads, one omni.client.Client each) that drive load and record it.
-- `runner`: start a cluster, run workers plus a nemesis schedule, heal, read back, check, summarise;
-  `omni torture` is its command line.
+- `runner`: start a cluster, run workers plus a nemesis schedule, heal, read back, check, summarise
+  (`report` prints it); `omni torture` is its command line, bench/recovery.py measures recovery times.
+- `synthetic`: linearizable-by-construction histories from a simulated register, for the checker's tests
+  and its speed (`python -m omni.jepsen.synthetic`).
 """

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from omni.client import Client, OmniError
 
+
 def free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
@@ -72,7 +73,7 @@ class Cluster:
 
     # --- process faults ---
 
-    def start(self, *pids: int) -> "Cluster":
+    def start(self, *pids: int) -> Cluster:
         for pid in pids or self.pids:
             if self.alive(pid):
                 continue
@@ -166,7 +167,7 @@ class Cluster:
             out.append(f"--- node {pid} ({path}) ---\n" + "\n".join(text[-lines:]))
         return "\n".join(out)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from omni.client import OmniError, Unavailable
 
@@ -146,11 +147,10 @@ class History:
     def dump(self, path: str | Path) -> None:
         with open(path, "w") as fh:
             fh.write(json.dumps({"origin": self.origin}) + "\n")
-            for op in self.snapshot():
-                fh.write(json.dumps(asdict(op), default=repr) + "\n")
+            fh.writelines(json.dumps(asdict(op), default=repr) + "\n" for op in self.snapshot())
 
     @classmethod
-    def load(cls, path: str | Path) -> "History":
+    def load(cls, path: str | Path) -> History:
         history = cls()
         with open(path) as fh:
             history.origin = json.loads(fh.readline())["origin"]

@@ -27,8 +27,9 @@ found and the op that cannot follow it) or "unknown" (the time or state budget r
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .history import FAIL, INFO, OK, Op, by_key
 
@@ -245,7 +246,7 @@ def _build_events(p: _Prepared) -> None:
         else:
             p.match[call_of[p.ev_op[pos]]] = pos
     p.nxt = list(range(1, n + 1)) + [-1]
-    p.prv = [-1] + list(range(0, n))
+    p.prv = [-1] + list(range(n))
 
 
 # --- the search ---------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .cluster import Cluster
 from .netfilter import Firewall

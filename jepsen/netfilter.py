@@ -38,7 +38,7 @@ class FirewallError(RuntimeError):
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True)
+    proc = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise FirewallError(f"iptables {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
     return proc
@@ -49,12 +49,12 @@ def ensure_iptables(install: bool = True) -> None:
     if shutil.which("iptables") is None and install and shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         cmd = ["apt-get", "install", "-y", "-q", "iptables"]
-        if subprocess.run(cmd, capture_output=True, env=env).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
-            subprocess.run(cmd, capture_output=True, env=env)
+        if subprocess.run(cmd, capture_output=True, env=env, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, check=False)
+            subprocess.run(cmd, capture_output=True, env=env, check=False)
     if shutil.which("iptables") is None:
         raise FirewallError("iptables is not installed (apt-get install -y iptables, as root)")
-    proc = subprocess.run(["iptables", "-w", "-L", "INPUT", "-n"], capture_output=True, text=True)
+    proc = subprocess.run(["iptables", "-w", "-L", "INPUT", "-n"], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise FirewallError(f"iptables is not usable here: {proc.stderr.strip()}")
 
@@ -104,7 +104,7 @@ class Firewall:
         self._open = False
         self._lock = threading.Lock()
 
-    def open(self) -> "Firewall":
+    def open(self) -> Firewall:
         ensure_iptables()
         with self._lock:
             sweep()
@@ -144,12 +144,9 @@ class Firewall:
                 remove_chain(self.chain)
                 self._open = False
                 self.blocked.clear()
-        try:
-            atexit.unregister(self.close)
-        except Exception:  # the interpreter is shutting down
-            pass
+        atexit.unregister(self.close)
 
-    def __enter__(self) -> "Firewall":
+    def __enter__(self) -> Firewall:
         return self.open()
 
     def __exit__(self, *exc: object) -> None:

@@ -16,11 +16,11 @@ def summary(report) -> str:
     counts = history.counts()
     finals = sum(1 for op in history.ops if op.process == "final")
     et = c.tick_ms * c.election_ticks / 1000
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     lines = [
-        f"omni torture: {c.nodes} nodes, {c.clients} clients, {c.keys} key slots, {c.time:g}s of load, "
-        f"seed {report.seed}, nemeses {','.join(c.nemeses)}; election timeout {et:.2f}s (ET)",
-        f"operations: {len(history.ops)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) "
-        f"in {report.load_seconds:.1f}s, of which {finals} final reads",
+        (f"omni torture: {c.nodes} nodes, {c.clients} clients, {c.keys} key slots, {c.time:g}s of load, "
+         f"seed {report.seed}, nemeses {','.join(c.nemeses)}; election timeout {et:.2f}s (ET)"),
+        f"operations: {len(history.ops)} ({outcomes}) in {report.load_seconds:.1f}s, of which {finals} final reads",
         _faults_line(report.faults),
     ]
     for f in report.faults:

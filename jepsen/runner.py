@@ -10,8 +10,8 @@ The phases (`run`):
 4. Check: linearizability of the whole history (per key); acknowledged set writes missing at the end
    (lost); nodes that died on their own; final reads that failed (no recovery). Any of these fails the run.
 Cleanup is unconditional (`finally`): nodes stopped (paused ones resumed first), iptables chain removed.
-The history (history.jsonl), node logs and data directories stay in the work directory when the run fails
-or `keep` is set. Recovery per fault: seconds from injection to the first successful write called after it
+The history (history.jsonl), node statuses sampled every 0.5 s (status.jsonl), node logs and data
+directories stay in the work directory when the run fails or `keep` is set. Recovery per fault: seconds from injection to the first successful write called after it
 (during the fault), and from the heal to the first successful write called after the heal.
 Times in the report are seconds; "ET" is election timeouts (tick_ms x election_ticks).
 """
@@ -23,9 +23,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from omni.client import Client
 
@@ -34,7 +34,7 @@ from .cluster import Cluster
 from .history import OK, History, Op
 from .linearizability import Verdict, check
 from .netfilter import Firewall
-from .workload import SET_PREFIX, KeySpace, Probe, Worker
+from .workload import SET_PREFIX, KeySpace, Probe, StatusSampler, Worker
 
 
 @dataclass
@@ -130,6 +130,8 @@ def run(config: Config, log: Callable[[str], None] = print) -> Report:
 def _load_and_faults(config, cluster, nemesis, history, rng, report, log) -> None:
     keys, stop = KeySpace(config.keys, config.ops_per_key), threading.Event()
     probe = Probe(cluster.endpoints(), per_node=2).start()
+    sampler = StatusSampler(cluster, report.work_dir / "status.jsonl")
+    sampler.start()
     workers = [Worker(w, cluster.endpoints(w), history, keys, rng.randrange(1 << 32), stop, config.attempt_timeout)
                for w in range(config.clients)]
     for w in workers:
@@ -151,6 +153,7 @@ def _load_and_faults(config, cluster, nemesis, history, rng, report, log) -> Non
         report.final_errors.append(f"no leader after healing: {exc}")
     finally:
         probe.stop()
+        sampler.stop()
     report.faults = [_record(f, probe, started) for f in faults]
 
 

@@ -12,6 +12,10 @@ Register keys rotate: slot i of generation g is key r<i>.<g>, and the generation
 ``ops_per_key`` ops per slot, so no one key's history grows without bound (the checker's cost is
 exponential in what is concurrent on one key; info ops stay concurrent forever).
 
+Status sampler. Every half second, each node's `status` (leader, role, ballot, decided index) goes to a
+JSON-lines file in the work directory, for post-mortems of stalls: who led, and whether anything was
+decided, while writes were failing.
+
 Probes. Per node, a few threads put to probe keys through that node only, one attempt each, recording
 (call, return, ok). After the run, "time until a write succeeds again" after an instant t is the return
 time of the first successful probe called at or after t.
@@ -19,6 +23,7 @@ time of the first successful probe called at or after t.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import threading
 import time
@@ -109,7 +114,7 @@ class Probe:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> "Probe":
+    def start(self) -> Probe:
         for i, endpoint in enumerate(self.endpoints):
             for j in range(self.per_node):
                 t = threading.Thread(target=self._loop, args=(endpoint, f"probe/{i}/{j}", j / self.per_node),
@@ -147,3 +152,26 @@ class Probe:
             return None
         first = min(rets)
         return None if until is not None and first > until else first - since
+
+
+class StatusSampler(threading.Thread):
+    """Appends every node's status, every ``period`` seconds, to ``path`` as JSON lines (None: no answer)."""
+
+    def __init__(self, cluster, path, period: float = 0.5):
+        super().__init__(name="jepsen-status", daemon=True)
+        self.cluster, self.path, self.period = cluster, path, period
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        with open(self.path, "a") as fh:
+            while not self._halt.wait(self.period):
+                row = {"t": time.monotonic()}
+                for pid in self.cluster.pids:
+                    s = self.cluster.status(pid, timeout=0.3)
+                    row[pid] = s and [s["leader"], s["role"], s["ballot"], s["decided_idx"]]
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)

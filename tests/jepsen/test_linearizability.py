@@ -7,7 +7,11 @@ Times are small integers; the checker only compares them.
 """
 from omni.jepsen.history import FAIL, INFO, OK, Op
 from omni.jepsen.linearizability import ILLEGAL, OK_VERDICT, UNKNOWN, check
-from omni.jepsen.synthetic import corrupt_future_read, corrupt_stale_read, register_history
+from omni.jepsen.synthetic import (
+    corrupt_future_read,
+    corrupt_stale_read,
+    register_history,
+)
 
 
 class H:
@@ -97,7 +101,7 @@ def test_delete_semantics():
 
 
 def test_unknown_outcome_write_may_or_may_not_have_happened():
-    base = lambda: H().put(1, "k", "a", 0, 1).put(2, "k", "b", 2, 3, status=INFO)  # noqa: E731
+    base = lambda: H().put(1, "k", "a", 0, 1).put(2, "k", "b", 2, 3, status=INFO)
     assert base().get(3, "k", "b", 4, 5).check().result == OK_VERDICT      # it happened
     assert base().get(3, "k", "a", 4, 5).check().result == OK_VERDICT      # it did not (yet)
     assert base().get(3, "k", "a", 4, 5).get(3, "k", "b", 6, 7).check().result == OK_VERDICT  # it did, late

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from omni.jepsen import nemesis as nem
 from omni.jepsen.netfilter import PREFIX, Firewall, _chains, _run, sweep
 
@@ -142,7 +141,8 @@ def test_firewall_blocks_one_link_only_and_cleans_up():
 
 
 def test_chains_left_by_dead_processes_are_swept():
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     chain = f"{PREFIX}{int(dead.stdout)}"
     _run("-N", chain)
     _run("-I", "INPUT", "-i", "lo", "-j", chain)

@@ -14,7 +14,7 @@ write is what a process crash can observe.)
 Until the switch exists, `test_skipping_log_writes_is_caught` fails at its first assertion, by design.
 `test_kill_all_without_the_switch_loses_nothing` is the control: the same schedule on the real code.
 """
-import omni.actors.storage as storage
+from omni.actors import storage
 from omni.jepsen.runner import Config, run
 
 SWITCH = "OMNI_TEST_UNSAFE_SKIP_LOG_WRITES"
