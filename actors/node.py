@@ -164,7 +164,10 @@ class Node:
                 pass
         ctx = getattr(self, "ctx", None)
         if ctx is not None:
-            ctx.destroy(linger=0)
+            # Each socket is closed by the thread that owns it (transport thread, actors' on_stop).
+            # Destroying the context from here would close sockets another thread may still be using,
+            # which libzmq answers with abort(); term() in the background just waits for them.
+            threading.Thread(target=ctx.term, name=f"omni-zmq-term-{self.pid}", daemon=True).start()
 
 
 def _entry_size(entry) -> int:
