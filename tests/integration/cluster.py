@@ -5,7 +5,6 @@ SIGKILL; `start` after it is a real restart from the same data directory.
 """
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

@@ -1,9 +1,6 @@
 """Durability rules at the node level (the core's Ready order is tested in tests/core)."""
 import logging
-import sqlite3
-import time
 
-import pytest
 
 from omni.actors import node as node_module
 from omni.actors.log_store import SQLiteLogStore
