@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import msgpack
+import zmq
+
 from omni.client import Client, OmniError
 
 NODE_ARGS = ["--tick-ms", "10", "--election-ticks", "20"]
@@ -107,3 +110,34 @@ class LocalCluster:
             text = path.read_text(errors="replace").splitlines() if path.exists() else []
             out.append(f"--- node {pid} ---\n" + "\n".join(text[-lines:]))
         return "\n".join(out)
+
+
+def wait_for(predicate, deadline=60.0, what="condition"):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``deadline`` seconds pass."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def request_until_outcome(cluster, pid, request, deadline=60.0, poll_ms=3000):
+    """Send one raw request to one node until it answers with an outcome, as a client retries (a write
+    keeps its client and seq every time); refusals during an election are retried. Returns the reply."""
+    ctx = zmq.Context.instance()
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(cluster.endpoint(pid))
+        try:
+            sock.send(msgpack.packb(request, use_bin_type=True))
+            reply = msgpack.unpackb(sock.recv(), raw=False) if sock.poll(poll_ms) else None
+        finally:
+            sock.close(linger=0)
+        if reply is not None and (reply["ok"] or reply["error"]["code"] not in ("UNAVAILABLE", "TIMEOUT")):
+            return reply
+        time.sleep(0.2)
+    raise AssertionError(f"node {pid} gave no outcome for {request}")

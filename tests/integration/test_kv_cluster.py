@@ -1,21 +1,12 @@
 """Real 3-node clusters started through the CLI: replication, kill -9, restarts, catch-up, retries."""
 import threading
-import time
 
 import msgpack
 import zmq
 
 from omni.client import Client, OmniError
 
-
-def wait_for(predicate, deadline=30.0, what="condition"):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from .cluster import wait_for
 
 
 def local_value(cluster, pid, key):

@@ -11,14 +11,12 @@ import os
 import shutil
 import time
 
-import msgpack
 import pytest
-import zmq
 
 from omni.client import Client, OmniError
 from tests.statemachines.test_counter_plugin import EXAMPLE, build_wheel_by_hand, pip_install
 
-from .cluster import LocalCluster
+from .cluster import LocalCluster, request_until_outcome
 
 
 def install_example(tmp_path):
@@ -74,28 +72,9 @@ def test_plugin_cluster_counts_through_the_log_and_answers_on_every_node(counter
 
 
 def test_plugin_write_retried_at_another_node_is_applied_once(counter_cluster):
-    ctx = zmq.Context.instance()
-
-    def send(pid, request):
-        """Until an outcome: a refusal during an election is retried, with the same client and seq."""
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            sock = ctx.socket(zmq.REQ)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(counter_cluster.endpoint(pid))
-            try:
-                sock.send(msgpack.packb(request, use_bin_type=True))
-                reply = msgpack.unpackb(sock.recv(), raw=False) if sock.poll(5000) else None
-            finally:
-                sock.close(linger=0)
-            if reply and (reply["ok"] or reply["error"]["code"] not in ("UNAVAILABLE", "TIMEOUT")):
-                return reply
-            time.sleep(0.2)
-        raise AssertionError(f"node {pid} gave no outcome")
-
     incr = {"op": "incr", "name": "once", "by": 5, "client": "counter-client", "seq": 1}
-    first = send(1, {**incr, "id": 1})
-    again = send(2, {**incr, "id": 2})
+    first = request_until_outcome(counter_cluster, 1, {**incr, "id": 1}, poll_ms=5000)
+    again = request_until_outcome(counter_cluster, 2, {**incr, "id": 2}, poll_ms=5000)
     assert first["ok"] and first["result"] == again["result"] == {"value": 5}
     with Client([counter_cluster.endpoint(3)], timeout=2, retries=10) as c:
         assert c.request("get", name="once") == {"value": 5}

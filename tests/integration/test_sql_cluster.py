@@ -19,15 +19,13 @@ import sys
 import threading
 import time
 
-import msgpack
 import pytest
-import zmq
 
 from omni.cli.sql import is_query, split_statements
 from omni.client import Client, OmniError
 from omni.statemachines.sql import SQLStateMachine
 
-from .cluster import LocalCluster
+from .cluster import LocalCluster, request_until_outcome, wait_for
 
 
 @pytest.fixture
@@ -38,16 +36,6 @@ def sql_cluster(tmp_path):
         yield c
     finally:
         c.stop()
-
-
-def wait_for(predicate, deadline=60.0, what="condition"):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def local_rows(cluster, pid, sql, params=None):
@@ -76,26 +64,6 @@ def file_dump(cluster, pid):
         return [line for line in conn.iterdump() if "_omni_applied" not in line]
     finally:
         conn.close()
-
-
-def raw_write(cluster, pid, request, deadline=60.0):
-    """Send one write with a fixed client/seq to one node until it answers with an outcome (as a client
-    retries: the same client and seq every time); returns the reply map."""
-    ctx = zmq.Context.instance()
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        sock = ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(cluster.endpoint(pid))
-        try:
-            sock.send(msgpack.packb(request, use_bin_type=True))
-            reply = msgpack.unpackb(sock.recv(), raw=False) if sock.poll(3000) else None
-        finally:
-            sock.close(linger=0)
-        if reply is not None and (reply["ok"] or reply["error"]["code"] not in ("UNAVAILABLE", "TIMEOUT")):
-            return reply
-        time.sleep(0.2)
-    raise AssertionError(f"node {pid} gave no outcome for {request}")
 
 
 # --- execute and query -------------------------------------------------------------------------------
@@ -260,7 +228,7 @@ def test_a_retry_after_every_node_was_killed_and_restarted_is_not_applied_again(
     with sql_cluster.client() as c:
         c.execute("CREATE TABLE once (id INTEGER PRIMARY KEY, v)")
     write = {"op": "execute", "sql": "INSERT INTO once (v) VALUES (random())", "client": "c-restart", "seq": 5}
-    first = raw_write(sql_cluster, 1, {**write, "id": 1})
+    first = request_until_outcome(sql_cluster, 1, {**write, "id": 1})
     assert first["ok"] and first["result"]["results"][0]["rows_affected"] == 1
     wait_until_settled(sql_cluster, "SELECT count(*) FROM once", 1)  # so every node's file holds it
     for pid in sql_cluster.pids:
@@ -268,9 +236,9 @@ def test_a_retry_after_every_node_was_killed_and_restarted_is_not_applied_again(
     sql_cluster.start()
     sql_cluster.leader()
     for pid, rid in ((2, 2), (1, 3)):  # the retry, at two nodes after the restart
-        again = raw_write(sql_cluster, pid, {**write, "id": rid})
+        again = request_until_outcome(sql_cluster, pid, {**write, "id": rid})
         assert again["result"] == first["result"], f"node {pid}"
-    fresh = raw_write(sql_cluster, 3, {**write, "seq": 6, "id": 4})
+    fresh = request_until_outcome(sql_cluster, 3, {**write, "seq": 6, "id": 4})
     assert fresh["result"]["results"][0]["last_insert_rowid"] == 2
     with sql_cluster.client() as c:
         assert c.query("SELECT count(*) FROM once")["rows"] == [[2]]
