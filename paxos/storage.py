@@ -151,6 +151,11 @@ class MemoryStorage:
     def load(self) -> LogState:
         return self._state.clone()
 
+    @property
+    def decided_idx(self) -> int:
+        """The durable decided index, without copying the log."""
+        return self._state.decided_idx
+
     def write(self, groups: Sequence[WriteGroup]) -> None:
         for group in groups:
             if len(group) == 1:  # apply_op checks before it changes anything, so one op is atomic as is

@@ -235,9 +235,9 @@ class SimCluster:
         """Persist every pending Ready, then send its messages, then apply what it decided."""
         batches, inst.unsynced = inst.unsynced, []
         disk = node.disks[config_id]
-        before = disk.load().decided_idx
+        before = disk.decided_idx
         disk.write([g for ready in batches for g in ready.writes])
-        self.checker.durable_decided(node.pid, config_id, before, disk.load().decided_idx)
+        self.checker.durable_decided(node.pid, config_id, before, disk.decided_idx)
         for ready in batches:
             for env in ready.messages:
                 self._send(env)
