@@ -178,9 +178,12 @@ def _entry_size(entry) -> int:
 def run_node(config: NodeConfig) -> int:
     """Run a node until SIGINT/SIGTERM (exit 0) or a fatal error (exit 70). Used by `omni node start`."""
     import signal
+
+    from . import diagnostics
     node = Node(config)
     node.start()
     signal.signal(signal.SIGTERM, lambda *_: node._done.set())  # the main thread does the stopping
+    signal.signal(signal.SIGUSR1, lambda *_: diagnostics.log_dump(node))  # state dump into the node's log
     try:
         code = node.wait()
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ Rules:
   sends to that peer's ROUTER. DEALERs use ZMQ_IMMEDIATE and a bounded high-water mark, so a message to a
   peer that is down or too slow is dropped and counted instead of piling up: the protocol resends what
   matters. ZMTP heartbeats notice a dead link; every later re-connect is reported as `Reconnected(pid)`.
+  The ROUTER hands a routing id over to the newest connection (a peer that reconnects after a partition
+  must be heard even while its old, half-open connection still looks alive here).
 - Peer frames are one byte of kind (core protocol or node-level) followed by the body. Anything that does
   not decode, or claims to come from another pid than the link it arrived on, is dropped and counted.
 - Clients: a ROUTER on ``client`` with ROUTER_MANDATORY (a reply to a vanished client is counted, not lost
@@ -151,6 +153,13 @@ class Transport(threading.Thread):
         inbox = sock(zmq.ROUTER)
         inbox.setsockopt(zmq.RCVHWM, PEER_HWM)
         inbox.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME + 16)  # larger: the peer is disconnected unread
+        # A partition that drops packets leaves us holding a peer's old connection (its FIN was dropped
+        # too) while the peer reconnects under the same routing id. Without handover libzmq parks the new
+        # connection's messages for ever; with it the newest connection wins. Heartbeats close inbound
+        # connections that went silent, so half-open ones do not linger either.
+        inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        inbox.setsockopt(zmq.HEARTBEAT_IVL, 500)
+        inbox.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2000)
         inbox.bind(self.listen)
         clients = sock(zmq.ROUTER)
         clients.setsockopt(zmq.ROUTER_MANDATORY, 1)

@@ -5,8 +5,9 @@ import time
 import zmq
 
 from omni.actors.messages import Inbound, Reconnected
-from omni.actors.transport import Outbox, Transport
+from omni.actors.transport import KIND_CORE, Outbox, Transport
 from omni.paxos import Ballot, Envelope, PrepareReq
+from omni.transport import codec
 
 from ..integration.cluster import free_ports
 
@@ -75,4 +76,52 @@ def test_peer_restart_is_reported_as_reconnected_and_messages_flow_again():
             t.stop()
             t.join(timeout=5)
         out1.close_thread_socket()
+        ctx.destroy(linger=0)
+
+
+def test_peer_that_reconnects_while_its_old_connection_is_half_open_is_heard():
+    """A partition that drops packets leaves the receiver holding the sender's old TCP connection (the
+    FIN was dropped too), so the sender's new connection arrives under a routing id that is still in use.
+    Without ROUTER_HANDOVER libzmq parks the new connection's messages for good: the one-way link stayed
+    dead after every partition healed (the torture-test wedge of issue 7). The newest connection wins."""
+    ctx = zmq.Context()
+    p = free_ports(3)
+    events = queue.Queue()
+    outbox = Outbox(ctx, 2)
+    t = Transport(ctx, outbox, 2, f"tcp://127.0.0.1:{p[0]}", {1: f"tcp://127.0.0.1:{p[1]}"},
+                  f"tcp://127.0.0.1:{p[2]}", on_core=events.put, on_client=events.put, on_node=events.put,
+                  on_reconnect=events.put, on_fatal=events.put)
+    t.start()
+    t.bound.wait()
+
+    def dealer():
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.ROUTING_ID, b"1")  # what node 1's DEALER calls itself on every connection
+        d.connect(f"tcp://127.0.0.1:{p[0]}")
+        return d
+
+    frame = KIND_CORE + codec.encode(Envelope(1, 2, 1, PrepareReq(Ballot(1, 0, 1))))
+    old = new = None
+    try:
+        old = dealer()
+        old.send(frame)
+        assert isinstance(expect(events, Inbound), Inbound)
+        new = dealer()  # `old` stays connected and silent: the half-open connection a partition leaves
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            new.send(frame)
+            try:
+                if isinstance(events.get(timeout=0.1), Inbound):
+                    break
+            except queue.Empty:
+                continue
+        else:
+            raise AssertionError("messages on the reconnected link were never delivered")
+    finally:
+        for d in (old, new):
+            if d is not None:
+                d.close(linger=0)
+        t.stop()
+        t.join(timeout=5)
         ctx.destroy(linger=0)
