@@ -76,6 +76,11 @@ class Outbox:
     def send_client(self, route: tuple, body: bytes) -> None:
         self._socket().send_multipart([b"C", *route, b"", body])
 
+    def set_peers(self, peers: dict[int, str]) -> None:
+        """Replace the peer links (a new configuration): new peers are connected, dropped ones closed."""
+        body = msgpack.packb({int(p): str(a) for p, a in peers.items()}, use_bin_type=True)
+        self._socket().send_multipart([b"M", body])
+
     def close_thread_socket(self) -> None:
         sock = getattr(self._local, "sock", None)
         if sock is not None:
@@ -167,38 +172,64 @@ class Transport(threading.Thread):
         clients.setsockopt(zmq.SNDHWM, CLIENT_HWM)
         clients.setsockopt(zmq.RCVHWM, CLIENT_HWM)
         clients.bind(self.client_endpoint)
-        dealers, monitors = {}, {}
+        self._dealers, self._monitors = {}, {}
+        self._poller = zmq.Poller()
+        for s in (pull, inbox, clients):
+            self._poller.register(s, zmq.POLLIN)
         for pid, address in self.peers.items():
-            d = sock(zmq.DEALER)
-            d.setsockopt(zmq.ROUTING_ID, b"%d" % self.pid)
-            d.setsockopt(zmq.IMMEDIATE, 1)
-            d.setsockopt(zmq.SNDHWM, PEER_HWM)
-            d.setsockopt(zmq.HEARTBEAT_IVL, 500)
-            d.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2000)
-            d.setsockopt(zmq.RECONNECT_IVL, 100)
-            d.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            # Handshake, not TCP connect: only then can the link carry the PrepareReq a reconnect triggers.
-            mon = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-            self._all_sockets.append(mon)
-            d.connect(address)
-            dealers[pid], monitors[mon] = d, pid
-        return pull, inbox, clients, dealers, monitors
+            self._connect_peer(pid, address)
+        return pull, inbox, clients
 
-    def _loop(self, pull, inbox, clients, dealers, monitors) -> None:
-        poller = zmq.Poller()
-        for s in (pull, inbox, clients, *monitors):
-            poller.register(s, zmq.POLLIN)
+    def _connect_peer(self, pid: int, address: str) -> None:
+        d = self.ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.ROUTING_ID, b"%d" % self.pid)
+        d.setsockopt(zmq.IMMEDIATE, 1)
+        d.setsockopt(zmq.SNDHWM, PEER_HWM)
+        d.setsockopt(zmq.HEARTBEAT_IVL, 500)
+        d.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2000)
+        d.setsockopt(zmq.RECONNECT_IVL, 100)
+        d.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # Handshake, not TCP connect: only then can the link carry the PrepareReq a reconnect triggers.
+        mon = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        d.connect(address)
+        self._all_sockets += [d, mon]
+        self._dealers[pid], self._monitors[mon] = d, pid
+        self._poller.register(mon, zmq.POLLIN)
+        self.peers[pid] = address
+
+    def _disconnect_peer(self, pid: int) -> None:
+        d = self._dealers.pop(pid)
+        mon = next(m for m, p in self._monitors.items() if p == pid)
+        del self._monitors[mon]
+        self._poller.unregister(mon)
+        d.disable_monitor()
+        for sock in (mon, d):
+            self._all_sockets.remove(sock)
+            sock.close(linger=0)
+        del self.peers[pid]
+
+    def _set_peers(self, body: bytes) -> None:
+        """Reconcile the peer links with a new member list (a reconfiguration): {pid: address}."""
+        wanted = {int(p): a for p, a in msgpack.unpackb(body, strict_map_key=False).items()}
+        for pid in [p for p in self.peers if p not in wanted or wanted[p] != self.peers[p]]:
+            self._disconnect_peer(pid)
+        for pid, address in wanted.items():
+            if pid not in self.peers and pid != self.pid:
+                self._connect_peer(pid, address)
+
+    def _loop(self, pull, inbox, clients) -> None:
         connected_once: set[int] = set()
         while not self._stopping.is_set():
-            for s, _ in poller.poll(100):
+            for s, _ in self._poller.poll(100):
                 if s is pull:
-                    self._drain_outbox(pull, clients, dealers)
+                    self._drain_outbox(pull, clients)
                 elif s is inbox:
                     self._drain(inbox, self._on_peer_frames)
                 elif s is clients:
                     self._drain(clients, self._on_client_frames)
-                else:
-                    self._on_monitor(s, monitors[s], connected_once)
+                elif s in self._monitors:
+                    self._on_monitor(s, self._monitors[s], connected_once)
 
     @staticmethod
     def _drain(sock, handle, budget: int = 1000) -> None:
@@ -209,7 +240,7 @@ class Transport(threading.Thread):
                 return
             handle(frames)
 
-    def _drain_outbox(self, pull, clients, dealers, budget: int = 5000) -> None:
+    def _drain_outbox(self, pull, clients, budget: int = 5000) -> None:
         for _ in range(budget):
             try:
                 frames = pull.recv_multipart(zmq.NOBLOCK)
@@ -217,11 +248,13 @@ class Transport(threading.Thread):
                 return
             try:
                 if frames[0] == b"P":
-                    dealer = dealers.get(int(frames[1]))
+                    dealer = self._dealers.get(int(frames[1]))
                     if dealer is None:
                         self.stats["dropped_unknown_peer"] += 1
                     else:
                         dealer.send(frames[2], zmq.NOBLOCK)
+                elif frames[0] == b"M":
+                    self._set_peers(frames[1])
                 else:
                     clients.send_multipart(frames[1:], zmq.NOBLOCK)
             except zmq.Again:

@@ -125,3 +125,34 @@ def test_peer_that_reconnects_while_its_old_connection_is_half_open_is_heard():
         t.stop()
         t.join(timeout=5)
         ctx.destroy(linger=0)
+
+
+def test_set_peers_connects_a_new_member_and_forgets_a_removed_one():
+    """A reconfiguration changes the member list at run time: node 1 starts knowing nobody, learns node 2,
+    talks to it, then forgets it (messages to a former member are dropped and counted, never queued)."""
+    ctx = zmq.Context()
+    p = free_ports(4)
+    events1, events2 = queue.Queue(), queue.Queue()
+    out1 = Outbox(ctx, 1)
+    t1 = Transport(ctx, out1, 1, f"tcp://127.0.0.1:{p[0]}", {}, f"tcp://127.0.0.1:{p[1]}",
+                   on_core=events1.put, on_client=events1.put, on_node=events1.put, on_reconnect=events1.put,
+                   on_fatal=events1.put)
+    t1.start()
+    t1.bound.wait()
+    t2, out2 = start_transport(ctx, 2, {1: p[0], 2: p[2], 11: p[1], 12: p[3]}, events2)
+    env = Envelope(1, 2, 1, PrepareReq(Ballot(1, 0, 1)))
+    try:
+        out1.set_peers({2: f"tcp://127.0.0.1:{p[2]}"})
+        assert send_until_received(out1, env, events2).env == env
+        out1.set_peers({})
+        end = time.monotonic() + 20
+        while t1.stats["dropped_unknown_peer"] == 0 and time.monotonic() < end:
+            out1.send_core(env)
+            time.sleep(0.05)
+        assert t1.stats["dropped_unknown_peer"] >= 1
+    finally:
+        for t in (t1, t2):
+            t.stop()
+            t.join(timeout=5)
+        out1.close_thread_socket()
+        ctx.destroy(linger=0)
