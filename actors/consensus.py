@@ -3,7 +3,8 @@
 `SequencePaxosActor` feeds its core everything that arrives (peer messages, proposals, ticks, leader
 ballots, reconnects) and drains the core's `Ready` only when its mailbox is empty: under load many
 proposals are folded into one batch (one AcceptDecide per follower, one storage transaction), and when the
-node is idle each proposal goes out at once. The Ready goes to the Storage actor, which alone may release
+node is idle each proposal goes out at once. The Ready's early messages (replication traffic that vouches
+for nothing on this disk) are sent at once; the rest goes to the Storage actor, which alone may release
 its messages and decisions (after fsync). `BleActor` runs Ballot Leader Election on its own thread, so
 heartbeats are answered promptly however busy replication is; heartbeats need no persistence and go
 straight to the transport.
@@ -62,7 +63,9 @@ class SequencePaxosActor(SupervisedActor):
 
     def _drain(self) -> None:
         ready = self.core.take_ready()
-        if ready:
+        for env in ready.early:  # replication traffic: out now, so followers fsync while we do
+            self.node.outbox.send_core(env)
+        if ready.writes or ready.messages or ready.decided:
             self.node.storage.tell(Persist(ready))
         self._publish()
 

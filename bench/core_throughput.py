@@ -31,7 +31,7 @@ class Cluster:
             for pid, sp in self.nodes.items():
                 ready = sp.take_ready()
                 self.disks[pid].write(ready.writes)
-                inbox += ready.messages
+                inbox += ready.early + ready.messages
                 if sp is self.leader:
                     self.decided += sum(len(d.entries) for d in ready.decided if hasattr(d, "entries"))
             if not inbox:

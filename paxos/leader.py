@@ -195,7 +195,7 @@ class LeaderMixin:
         pending = PendingAcceptDecide(Envelope(self.pid, pid, cfg.config_id, placeholder),
                                       list(entries), self.log.decided_idx, nbytes)
         self._pending_ad[pid] = pending
-        self._ready.messages.append(pending)
+        self._ready.early.append(pending)  # replication traffic: see Ready.early
 
     def _leader_propose_stopsign(self: "SequencePaxos", ss: StopSign) -> None:
         ls = self.leader_state

@@ -14,6 +14,15 @@ So a Promise always follows its promise on disk, an Accepted follows its entries
 durable before anything acts upon it. A host may merge several Ready batches (group commit) as long as it
 keeps their order.
 
+``ready.early`` holds the leader's replication traffic (AcceptSync, AcceptDecide, AcceptStopSign, Decide)
+and forwarded proposals: messages that vouch for nothing on this node's disk, so the host sends them at
+once, before the writes, and the leader's fsync runs in parallel with its followers' instead of before
+them (as Raft's leader does). Safe because what they carry is either decided already (chosen by a quorum
+of *durable* Accepted, the leader's own counted only after its fsync) or merely proposed; the leader's
+promise, which a Prepare relies on, stays ordered after its write (a Prepare is not early), so every
+Promise the leader collects, its own included, is durable. The simulator sends them early too, with
+crashes that lose unsynced writes.
+
 Leader and follower behaviour live in `leader.py` and `follower.py`; this file holds what both share: the
 dispatch, the log synchronisation, compaction, timers and the output batch. Deviations from OmniPaxos are
 marked "Omni:" where they occur; each closes a gap our simulator found or a fault our transport has.
@@ -99,9 +108,10 @@ class Ready:
     writes: list = field(default_factory=list)
     messages: list = field(default_factory=list)
     decided: list = field(default_factory=list)
+    early: list = field(default_factory=list)  # send now, before the writes (see the module docstring)
 
     def __bool__(self) -> bool:
-        return bool(self.writes or self.messages or self.decided)
+        return bool(self.writes or self.messages or self.decided or self.early)
 
 
 _FORWARD_MEMORY = 4096  # forwarded batches remembered per sender, to drop duplicates
@@ -231,7 +241,7 @@ class SequencePaxos(LeaderMixin, FollowerMixin):
         """Everything produced since the last call, in the order the host must carry it out."""
         self._collect_decided()
         ready = self._ready
-        ready.messages = [m.finish() if isinstance(m, PendingAcceptDecide) else m for m in ready.messages]
+        ready.early = [m.finish() if isinstance(m, PendingAcceptDecide) else m for m in ready.early]
         self._ready = Ready()
         self._pending_ad.clear()
         self._pending_accepted.clear()
@@ -266,7 +276,11 @@ class SequencePaxos(LeaderMixin, FollowerMixin):
     # ---- shared machinery ------------------------------------------------------------------------------
 
     def _send(self, dst: int, msg: Any) -> None:
-        self._ready.messages.append(Envelope(self.pid, dst, self.cfg.config_id, msg))
+        env = Envelope(self.pid, dst, self.cfg.config_id, msg)
+        if type(msg) in _EARLY and dst != self.pid:
+            self._ready.early.append(env)
+        else:
+            self._ready.messages.append(env)
 
     def _send_accepted(self, dst: int, n: Ballot) -> None:
         """Queue Accepted(n, accepted_idx) to ``dst``, folding into one already queued in this batch."""
@@ -446,3 +460,6 @@ class SequencePaxos(LeaderMixin, FollowerMixin):
 
 
 _UNUSABLE = object()
+
+#: Messages that vouch for nothing on the sender's disk: sent before the Ready's writes are durable.
+_EARLY = frozenset({AcceptSync, AcceptDecide, AcceptStopSign, Decide, ProposalForward, ForwardStopSign})

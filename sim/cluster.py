@@ -1,8 +1,8 @@
 """A deterministic in-process cluster of protocol cores, with a faulty network and crashing disks.
 
 `SimCluster` hosts N nodes, each running Ballot Leader Election + Sequence Paxos for every configuration
-it belongs to, exactly as a real node would: it persists each `Ready`'s writes before sending its messages
-and applies decided entries only after that. The difference is that everything can go wrong on purpose,
+it belongs to, exactly as a real node would: it sends each `Ready`'s early messages at once, persists its
+writes before sending its other messages, and applies decided entries only after that. The difference is that everything can go wrong on purpose,
 driven by one seeded `random.Random`:
 - the network drops, delays, duplicates and reorders messages, and cuts links one way or both ways;
 - a node's disk "fsyncs" only some of the time, and a crash loses whatever it had not yet fsynced;
@@ -221,6 +221,8 @@ class SimCluster:
             for env in inst.ble.take_outgoing():
                 self._send(env)
             ready = inst.sp.take_ready()
+            for env in ready.early:  # replication traffic goes out before the writes, as a node sends it
+                self._send(env)
             if ready:
                 inst.unsynced.append(ready)
             if inst.unsynced and self.rng.random() < self.fsync_probability:

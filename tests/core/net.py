@@ -42,7 +42,7 @@ class Net:
                     continue
                 ready = sp.take_ready()
                 self.disks[pid].write(ready.writes)
-                inbox += ready.messages
+                inbox += ready.early + ready.messages
                 for item in ready.decided:
                     self._apply(pid, item)
             inbox = [e for e in inbox if e.dst not in self.down and not self.block(e)]

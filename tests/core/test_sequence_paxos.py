@@ -114,6 +114,42 @@ def test_leader_counts_itself_only_after_its_own_accepted_comes_back():
     assert leader.decided_idx == 1
 
 
+def test_leader_replicates_before_its_own_write_but_counts_itself_after_it():
+    """AcceptDecide vouches for nothing on the leader's disk, so it goes out before the fsync (early);
+    the leader's own Accepted stays behind the write that holds the entries."""
+    net = steady()
+    leader = net.nodes[3]
+    leader.propose(["e"])
+    ready = leader.take_ready()
+    assert ready.writes == [(AppendOnPrefix(0, ("e",)),)]
+    assert {e.dst for e in ready.early if isinstance(e.msg, AcceptDecide)} == {1, 2}
+    assert [e for e in ready.messages if e.dst == 3] == [Envelope(3, 3, 1, Accepted(Ballot(1, 0, 3), 1))]
+    assert not any(e.dst == 3 for e in ready.early)
+
+
+def test_prepare_waits_for_the_leaders_own_promise_write():
+    """A Prepare relies on the leader's own promise (it counts itself in the prepare quorum), so it is never
+    early: otherwise a crash could lose a promise that a quorum was built on."""
+    sp = SequencePaxos(PaxosConfig(1, (1, 2, 3)))
+    sp.handle_leader(Ballot(1, 0, 1))
+    ready = sp.take_ready()
+    assert ready.writes == [(SetPromise(Ballot(1, 0, 1)),)]
+    assert {e.dst for e in ready.messages if isinstance(e.msg, Prepare)} == {2, 3}
+    assert ready.early == []
+
+
+def test_promises_and_accepteds_are_never_early():
+    sp = SequencePaxos(PaxosConfig(1, (1, 2, 3)))
+    sp.handle(Envelope(2, 1, 1, Prepare(Ballot(1, 0, 2), 0, Ballot(), 0)))
+    assert sp.take_ready().early == []
+    net = steady()
+    follower = net.nodes[1]
+    seq = follower.current_seq
+    follower.handle(Envelope(3, 1, 1, AcceptDecide(Ballot(1, 0, 3), SequenceNumber(seq.session, seq.counter + 1),
+                                                   0, ("e",))))
+    assert follower.take_ready().early == []
+
+
 def test_decided_index_is_persisted_in_the_ready_that_reports_the_entries():
     net = steady()
     leader = net.nodes[3]
@@ -226,7 +262,7 @@ def test_not_accepted_from_higher_round_stops_accepts_to_that_follower():
     leader = net.nodes[3]
     leader.handle(Envelope(1, 3, 1, NotAccepted(Ballot(4, 0, 2))))
     leader.propose(["e"])
-    assert {e.dst for e in leader.take_ready().messages if isinstance(e.msg, AcceptDecide)} == {2}
+    assert {e.dst for e in leader.take_ready().early if isinstance(e.msg, AcceptDecide)} == {2}
 
 
 def test_proposals_in_one_batch_share_one_accept_decide_per_follower():
@@ -235,7 +271,7 @@ def test_proposals_in_one_batch_share_one_accept_decide_per_follower():
     for i in range(100):
         leader.propose([i])
     ready = leader.take_ready()
-    batches = [e.msg for e in ready.messages if isinstance(e.msg, AcceptDecide)]
+    batches = [e.msg for e in ready.early if isinstance(e.msg, AcceptDecide)]
     assert len(batches) == 2 and all(len(b.entries) == 100 for b in batches)
     assert len(ready.writes) == 1
 
@@ -357,7 +393,7 @@ def test_accept_decide_batches_are_bounded_by_bytes_too():
     leader = net.nodes[3]
     for word in ("aaaa", "bbbb", "cccc", "dd"):
         leader.propose([word])
-    batches = [e.msg.entries for e in leader.take_ready().messages if isinstance(e.msg, AcceptDecide) and e.dst == 1]
+    batches = [e.msg.entries for e in leader.take_ready().early if isinstance(e.msg, AcceptDecide) and e.dst == 1]
     assert batches == [("aaaa", "bbbb"), ("cccc", "dd")]
 
 

@@ -162,7 +162,7 @@ def test_a_cluster_talking_only_through_the_codec_decides_the_same_log():
             for p, sp in nodes.items():
                 ready = sp.take_ready()
                 disks[p].write(ready.writes)
-                inbox += [m for m in ready.messages if p not in down and m.dst not in down]
+                inbox += [m for m in ready.early + ready.messages if p not in down and m.dst not in down]
             for e in inbox:
                 got = decode(encode(e))
                 assert got == e
