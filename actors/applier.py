@@ -12,17 +12,25 @@ applied twice; such a machine declares ``keeps_sessions`` and keeps the table it
 transaction as each command (statemachines/base.py), with the same window as `Sessions`. Queries at the
 `local` and `leader` levels are answered from the current state once at least ``min_applied`` entries are
 applied.
+
+Snapshots (actors/snapshots.py has the file format and the rules that make them crash-safe): every
+``snapshot_every`` applied entries the Applier writes the state machine's snapshot, plus `Sessions` for a
+machine without ``keeps_sessions``, to a durable file, then lets SequencePaxos compact the log behind it.
+At start it restores the newest file and applies only the log suffix above it. When the log hands it a
+`DecidedSnapshot` beyond what it applied (its entries are compacted everywhere it could get them), it
+holds back later items, pulls a snapshot file from a peer, installs it, and goes on.
 """
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from omni.paxos import DecidedEntries, DecidedSnapshot, StopSign
 from omni.statemachines import StateMachine, StateMachineError
 from omni.statemachines.base import SESSION_CLIENTS, SESSION_SEQS, session_too_old
 
-from .messages import Apply, Query, Reply
+from .messages import Apply, CompactLog, PeerReply, PeerRequest, Query, Reply, Tick
+from .snapshots import Snapshot, SnapshotError, SnapshotFetch, SnapshotStore, decode, encode_payload, serve
 from .supervision import SupervisedActor
 
 log = logging.getLogger("omni.applier")
@@ -31,6 +39,8 @@ INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, Recu
 
 SEQS_PER_CLIENT = SESSION_SEQS
 MAX_CLIENTS = SESSION_CLIENTS
+FETCH_TIMEOUT = 5.0  # seconds a snapshot chunk request may go unanswered before the next peer is asked
+FETCH_PAUSE = 0.5  # seconds to wait after a peer had no suitable snapshot, before asking the next one
 
 
 class Sessions:
@@ -61,38 +71,174 @@ class Sessions:
             gone, _ = self.clients.popitem(last=False)
             self.floor.pop(gone, None)
 
+    def dump(self) -> list:
+        """The table as msgpack-able lists, in its recency orders: ``[[client, floor, [[seq, *outcome]...]]...]``."""
+        return [[client, self.floor.get(client, 0), [[seq, *outcome] for seq, outcome in seqs.items()]]
+                for client, seqs in self.clients.items()]
+
+    @classmethod
+    def load(cls, data) -> "Sessions":
+        """The table `dump` gave (None: empty); the same lookups and evictions follow as on the original."""
+        table = cls()
+        for client, floor, seqs in data or ():
+            table.clients[client] = OrderedDict((seq, tuple(outcome)) for seq, *outcome in seqs)
+            if floor:
+                table.floor[client] = floor
+        return table
+
 
 class ApplierActor(SupervisedActor):
-    def __init__(self, node, state_machine: StateMachine):
+    def __init__(self, node, state_machine: StateMachine, snapshots: SnapshotStore | None = None,
+                 snapshot_every: int = 0, tick_seconds: float = 0.01, replay_until: int = 0):
         super().__init__(node)
         self.sm = state_machine
+        self.sm_name = state_machine.name or type(state_machine).__name__
         self.applied = state_machine.applied_index
         self.sessions = Sessions()
         self.waiting: list[Query] = []
+        self.snapshots, self.snapshot_every = snapshots, snapshot_every
+        self.last_snapshot = 0  # index of the newest durable snapshot file
+        self.fetch: SnapshotFetch | None = None  # a state transfer under way
+        self.held: deque = deque()  # decided items not applied yet (all of them wait during a transfer)
+        self.fetch_ticks = (max(1, round(FETCH_TIMEOUT / tick_seconds)), max(1, round(FETCH_PAUSE / tick_seconds)))
+        if snapshots is not None:
+            self._restore_at_start()
+        self._replay_from, self._replay_until = self.applied, replay_until or None  # None: nothing to report
+        self._report_replay()
 
     def on_receive(self, message):
         if isinstance(message, Apply):
-            for item in message.items:
-                self._apply_item(item)
-            self._answer_waiting()
+            self.held.extend(message.items)
+            self._apply_held()
         elif isinstance(message, Query):
             if message.min_applied <= self.applied:
                 self._answer(message)
             else:
                 self.waiting.append(message)
+        elif isinstance(message, Tick):
+            if self.fetch is not None and self.fetch.on_tick():
+                self._request_chunk()
+        elif isinstance(message, PeerRequest):
+            reply = serve(self.snapshots, message.request) if self.snapshots is not None else {}
+            self.node.outbox.send_node(message.origin, PeerReply(message.req, reply))
+        elif isinstance(message, PeerReply):
+            self._on_chunk(message)
+
+    def _apply_held(self) -> None:
+        while self.held and self.fetch is None:
+            self._apply_item(self.held.popleft())
+        self._answer_waiting()
+        self._report_replay()
 
     def _apply_item(self, item) -> None:
         if isinstance(item, DecidedSnapshot):
             if item.idx > self.applied:
-                raise RuntimeError(f"entries below {item.idx} were compacted before this node applied them "
-                                   f"(applied {self.applied}); state transfer is needed")
+                self._start_fetch(item.idx)
             return
         assert isinstance(item, DecidedEntries)
-        for offset, entry in enumerate(item.entries):
+        if item.start > self.applied:  # never skip an entry: this would be a bug upstream of us
+            raise RuntimeError(f"decided entries start at {item.start} but only {self.applied} are applied")
+        every = self.snapshot_every
+        for offset in range(self.applied - item.start, len(item.entries)):
             idx = item.start + offset
-            if idx >= self.applied:
-                self._apply_entry(idx, entry)
-                self.applied = idx + 1
+            self._apply_entry(idx, item.entries[offset])
+            self.applied = idx + 1
+            if every and self.applied - self.last_snapshot >= every:
+                self._take_snapshot()
+
+    # ---- snapshots ------------------------------------------------------------------------------------
+
+    def _restore_at_start(self) -> None:
+        """Load the newest snapshot file unless the state machine's own files are already past it."""
+        idx = self.last_snapshot = self.snapshots.newest()
+        if idx == 0:
+            return
+        snap = self._checked(self.snapshots.load(idx))
+        if self.sm.applied_index < idx:
+            self._install(snap)
+            log.info("restored snapshot at %d", idx)
+        else:
+            log.info("snapshot at %d not restored: the state machine's own files are at %d", idx,
+                     self.sm.applied_index)
+        self.applied = max(self.applied, idx)
+
+    def _take_snapshot(self) -> None:
+        if self.snapshots is None:
+            return
+        sessions = None if self.sm.keeps_sessions else self.sessions.dump()
+        self.last_snapshot = self.applied  # also when it fails below: try again an interval later
+        try:
+            payload = encode_payload(self.sm_name, self.sm.snapshot(), sessions)
+        except SnapshotError as exc:  # the node still works; only its log is not compacted
+            log.error("no snapshot at %d: %s", self.applied, exc)
+            return
+        self.snapshots.write(self.applied, payload)
+        log.info("snapshot at %d written (%d bytes)", self.applied, len(payload))
+        self._compact_behind()
+
+    def _compact_behind(self) -> None:
+        """A new file is durable: the log may go up to the previous file (rule 2 in snapshots.py)."""
+        found = self.snapshots.indexes()
+        if len(found) >= 2:
+            self.node.sequence_paxos.tell(CompactLog(found[-2]))
+        self.snapshots.prune()
+
+    def _install(self, snap: Snapshot) -> None:
+        self.sm.restore(snap.state)
+        if not self.sm.keeps_sessions:
+            self.sessions = Sessions.load(snap.sessions)
+
+    def _checked(self, snap: Snapshot) -> Snapshot:
+        if snap.sm != self.sm_name:  # a misconfigured cluster: applying anything would be wrong
+            raise SnapshotError(f"snapshot at {snap.idx} is of state machine {snap.sm!r}, this node runs "
+                                f"{self.sm_name!r}")
+        return snap
+
+    def _start_fetch(self, need: int) -> None:
+        if self.snapshots is None:
+            raise RuntimeError(f"entries below {need} were compacted before this node applied them "
+                               f"(applied {self.applied}) and it keeps no snapshots")
+        node = self.node
+        peers = [p for p in node.members if p != node.pid]
+        self.fetch = SnapshotFetch(need, node.pid, peers, *self.fetch_ticks)
+        log.info("entries below %d are compacted and only %d are applied here: fetching a snapshot from %s",
+                 need, self.applied, peers)
+        self._request_chunk()
+
+    def _request_chunk(self) -> None:
+        peer, request = self.fetch.request()
+        self.node.outbox.send_node(peer, request)
+
+    def _on_chunk(self, reply: PeerReply) -> None:
+        fetch = self.fetch
+        outcome = fetch.on_reply(reply) if fetch is not None else None
+        if outcome == "more":
+            self._request_chunk()
+        elif outcome == "done":
+            data, peer = bytes(fetch.buf), fetch.peer
+            try:
+                snap = decode(data)
+                if snap.idx < fetch.need:
+                    raise SnapshotError(f"its header says {snap.idx}, below the {fetch.need} needed")
+            except SnapshotError as exc:
+                log.warning("snapshot from node %d refused (%s); asking the next peer", peer, exc)
+                fetch.next_peer(pause=True)
+                return
+            self.snapshots.install(self._checked(snap), data)  # durable before it is restored (rule 4)
+            self.fetch = None
+            self._install(snap)
+            self.applied = max(self.applied, snap.idx)
+            self.last_snapshot = max(self.last_snapshot, snap.idx)
+            log.info("installed snapshot at %d from node %d", snap.idx, peer)
+            self._compact_behind()
+            self._apply_held()
+
+    def _report_replay(self) -> None:
+        """Say once how much of the log a restart applied (a restored snapshot keeps it short)."""
+        if self._replay_until is not None and self.applied >= self._replay_until:
+            log.info("replayed %d entries after restart (applied %d to %d)", self.applied - self._replay_from,
+                     self._replay_from, self.applied)
+            self._replay_until = None
 
     def _apply_entry(self, idx: int, entry) -> None:
         if isinstance(entry, StopSign):

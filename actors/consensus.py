@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 
 
-from omni.paxos import BallotLeaderElection, ProposalRejected, SequencePaxos
+from omni.paxos import BallotLeaderElection, CompactionError, ProposalRejected, SequencePaxos
 
-from .messages import Inbound, LeadWith, NodeStatus, Persist, PromiseChanged, Propose, Reconnected, Reply, Tick
+from .messages import (
+    CompactLog, Inbound, LeadWith, NodeStatus, Persist, PromiseChanged, Propose, Reconnected, Reply, Tick,
+)
 from .supervision import SupervisedActor
 
 log = logging.getLogger("omni.consensus")
@@ -44,6 +46,8 @@ class SequencePaxosActor(SupervisedActor):
             core.handle_leader(message.ballot)
         elif isinstance(message, Reconnected):
             core.reconnected(message.pid)
+        elif isinstance(message, CompactLog):
+            self._compact(message.idx)
         else:
             log.warning("SequencePaxosActor ignored %r", message)
         self._since_drain += 1
@@ -60,6 +64,13 @@ class SequencePaxosActor(SupervisedActor):
             for entry in entries:
                 if isinstance(entry, dict) and entry.get("o") == self.node.pid and isinstance(entry.get("r"), int):
                     self.node.gateway.tell(Reply(entry["r"], False, code="UNAVAILABLE", message=str(exc)))
+
+    def _compact(self, idx: int) -> None:
+        """Local only: each node compacts behind its own durable snapshot file (actors/snapshots.py)."""
+        try:
+            self.core.snapshot(idx, local_only=True)
+        except CompactionError as exc:  # the file is ahead of what this node has decided (a pulled snapshot)
+            log.debug("log not compacted to %d: %s", idx, exc)
 
     def _drain(self) -> None:
         ready = self.core.take_ready()

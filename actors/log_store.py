@@ -15,6 +15,11 @@ section 3):
   fatal. A torn tail cannot reach us: SQLite's WAL ignores an incomplete last transaction when it opens
   the file, and that is our "torn tail is dropped". So any mismatch we see is real corruption.
 
+Compaction: a ``Compact(idx)`` deletes the rows below ``idx`` in the same transaction, so `load()` never
+returns compacted entries. After a commit that compacted, the WAL is checkpointed and truncated: the deleted
+rows' pages go back to the database's free list, where later appends reuse them, so with regular
+compaction neither file grows without bound.
+
 Layout: ``log(idx, data, crc)`` holds one entry per absolute log index, from ``compacted_idx`` on, with no
 gaps; ``meta(key, value, crc)`` holds promise, accepted_round, decided_idx, compacted_idx, snapshot and
 stopsign. Values are msgpack (never pickle): a Ballot is ``[n, priority, pid]``, a StopSign is
@@ -71,6 +76,7 @@ class SQLiteLogStore:
         self._failed: BaseException | None = None
         self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: far cheaper than msgpack.packb per call
         self._conn: sqlite3.Connection | None = None
+        self.checkpoints = 0  # WAL checkpoints after compactions (observable by tests)
         try:
             # check_same_thread=False: the host loads in its main thread, then hands the store to the actor.
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -112,6 +118,11 @@ class SQLiteLogStore:
             conn.executemany("INSERT OR REPLACE INTO meta (key, value, crc) VALUES (?, ?, ?)",
                              [(key, blob, zlib.crc32(blob)) for key, blob in meta.items()])
             conn.execute("COMMIT")  # WAL + synchronous=FULL: the WAL is fsynced before this returns
+            if any(step[0] == "compact" for step in steps):
+                # Copy the WAL into the database and truncate it: SQLite's automatic checkpoints reuse the
+                # WAL but never shrink it after a burst. A checkpoint error is a disk error like any other.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.checkpoints += 1
         except BaseException as err:
             self._fail(err)
         self._compacted_idx, self._log_len = bounds

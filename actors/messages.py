@@ -1,8 +1,9 @@
 """Messages the node's actors tell each other (never ask): frozen dataclasses, one line each on who sends it.
 
 These never leave the process. Protocol messages between nodes are `omni.paxos` messages inside an
-`Envelope`; node-level messages between nodes (a read forwarded to the leader and its answer) are
-`PeerRequest` / `PeerReply`, which the transport carries as plain msgpack maps.
+`Envelope`; node-level messages between nodes (a read forwarded to the leader and its answer, a snapshot
+chunk pulled from a peer's Applier and its answer) are `PeerRequest` / `PeerReply`, which the transport
+carries as plain msgpack maps.
 """
 from __future__ import annotations
 
@@ -67,6 +68,13 @@ class Apply:
 
 
 @dataclass(frozen=True)
+class CompactLog:
+    """Applier to SequencePaxos: a durable snapshot file covers the log below ``idx``; it may be compacted."""
+
+    idx: int
+
+
+@dataclass(frozen=True)
 class Query:
     """ClientGateway to Applier: a read-only request to answer from the current state."""
 
@@ -109,7 +117,10 @@ class ClientFrame:
 
 @dataclass(frozen=True)
 class PeerRequest:
-    """ClientGateway to the leader's ClientGateway (over the transport): serve this read at the leader."""
+    """ClientGateway to the leader's ClientGateway (over the transport): serve this read at the leader.
+
+    With ``request["op"] == "_omni.snapshot"`` it is an Applier asking a peer's Applier for a snapshot
+    chunk instead (actors/snapshots.py); the node routes it there."""
 
     origin: int
     req: int
@@ -118,7 +129,8 @@ class PeerRequest:
 
 @dataclass(frozen=True)
 class PeerReply:
-    """The leader's ClientGateway back to the origin node: the answer to a PeerRequest."""
+    """The leader's ClientGateway back to the origin node: the answer to a PeerRequest (a snapshot chunk,
+    under the key "_omni.snapshot", when the request was for one: routed to the Applier)."""
 
     req: int
     reply: dict = field(default_factory=dict)

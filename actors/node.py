@@ -25,7 +25,8 @@ from .applier import ApplierActor
 from .consensus import BleActor, SequencePaxosActor
 from .gateway import GatewayActor
 from .log_store import SQLiteLogStore
-from .messages import Tick
+from .messages import PeerReply, PeerRequest, Tick
+from .snapshots import SNAPSHOT_OP, MarkerSnapshotter, SnapshotStore
 from .storage import StorageActor
 from .transport import Outbox, Transport
 
@@ -47,10 +48,13 @@ class NodeConfig:
     election_ticks: int = 30
     resend_ticks: int = 10
     priority: int = 0
+    snapshot_every: int = 10_000  # applied entries between snapshots (then the log is compacted); 0: never
 
     def __post_init__(self) -> None:
         if self.pid <= 0 or any(p <= 0 for p in self.peers):
             raise ValueError("node ids must be positive integers")
+        if self.snapshot_every < 0:
+            raise ValueError("snapshot_every must be >= 0 (0 disables snapshots)")
         if self.pid in self.peers:
             raise ValueError(f"node {self.pid} cannot be its own peer")
 
@@ -82,19 +86,25 @@ class Node:
         state = store.load()
         self.ctx = zmq.Context()
         self.outbox = Outbox(self.ctx, self.pid)
+        # The core's snapshots are markers; the state itself is in the Applier's files (actors/snapshots.py).
+        # A snapshotter is set even with snapshots off: a peer may still sync this node with a snapshot.
         paxos = SequencePaxos(PaxosConfig(self.pid, self.members, config_id=cfg.config_id,
-                                          resend_ticks=cfg.resend_ticks, entry_size=_entry_size), state,
+                                          resend_ticks=cfg.resend_ticks, entry_size=_entry_size,
+                                          snapshotter=MarkerSnapshotter()), state,
                               incarnation=self.incarnation)
         ble = BallotLeaderElection(self.pid, list(self.members), config_id=cfg.config_id, priority=cfg.priority,
                                    election_ticks=cfg.election_ticks, recovered_promise=state.promise)
         self.storage = self._spawn(StorageActor, store)
-        self.applier = self._spawn(ApplierActor, sm_class(cfg.data_dir / "statemachine"))
+        self.applier = self._spawn(ApplierActor, sm_class(cfg.data_dir / "statemachine"),
+                                   snapshots=SnapshotStore(cfg.data_dir / "snapshots"),
+                                   snapshot_every=cfg.snapshot_every, tick_seconds=cfg.tick_ms / 1000,
+                                   replay_until=state.decided_idx)
         self.gateway = self._spawn(GatewayActor, sm_class(None), cfg.tick_ms / 1000)
         self.sequence_paxos = self._spawn(SequencePaxosActor, paxos)
         self.ble = self._spawn(BleActor, ble)
         self.transport = Transport(
             self.ctx, self.outbox, self.pid, cfg.listen, cfg.peers, cfg.client,
-            on_core=self._route_core, on_client=self.gateway.tell, on_node=self.gateway.tell,
+            on_core=self._route_core, on_client=self.gateway.tell, on_node=self._route_node,
             on_reconnect=self.sequence_paxos.tell, on_fatal=self.fatal)
         self.transport.start()
         self.transport.bound.wait()
@@ -107,8 +117,8 @@ class Node:
                  cfg.listen, cfg.client, cfg.state_machine, cfg.data_dir, state.decided_idx)
         return self
 
-    def _spawn(self, actor_class, *args):
-        ref = actor_class.start(self, *args)
+    def _spawn(self, actor_class, *args, **kwargs):
+        ref = actor_class.start(self, *args, **kwargs)
         self._actors.append(ref)
         return ref
 
@@ -118,6 +128,14 @@ class Node:
             self.ble.tell(inbound)
         else:
             self.sequence_paxos.tell(inbound)
+
+    def _route_node(self, message) -> None:
+        """Snapshot chunk requests and replies go to the Applier; forwarded reads to the ClientGateway."""
+        if isinstance(message, PeerRequest) and message.request.get("op") == SNAPSHOT_OP or \
+                isinstance(message, PeerReply) and SNAPSHOT_OP in message.reply:
+            self.applier.tell(message)
+        else:
+            self.gateway.tell(message)
 
     def _tick_forever(self) -> None:
         period = self.config.tick_ms / 1000
@@ -129,7 +147,7 @@ class Node:
                 time.sleep(delay)
             else:
                 next_at = time.monotonic()  # fell behind (a pause): do not burst to catch up
-            for ref in (self.ble, self.sequence_paxos, self.gateway):
+            for ref in (self.ble, self.sequence_paxos, self.gateway, self.applier):  # applier: transfer timeouts
                 ref.tell(tick)
 
     def fatal(self, reason: str, detail: str | None = None) -> None:

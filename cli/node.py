@@ -69,9 +69,12 @@ def node():
 @click.option("--tick-ms", type=click.FloatRange(min=1), default=10.0, show_default=True)
 @click.option("--election-ticks", type=click.IntRange(min=2), default=30, show_default=True,
               help="Election timeout in ticks.")
+@click.option("--snapshot-every", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Snapshot the state every N applied entries and compact the log behind it (0: never).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def start(pid, listen, client, peers, data_dir, state_machine, config_file, tick_ms, election_ticks, log_level):
+def start(pid, listen, client, peers, data_dir, state_machine, config_file, tick_ms, election_ticks, snapshot_every,
+          log_level):
     """Start node ID and run it until Ctrl-C / SIGTERM."""
     from omni.actors.node import NodeConfig, run_node
     from omni.statemachines import UnknownStateMachine, load_state_machine
@@ -92,7 +95,8 @@ def start(pid, listen, client, peers, data_dir, state_machine, config_file, tick
                         format=f"%(asctime)s node{pid} %(levelname)s %(name)s: %(message)s")
     try:
         config = NodeConfig(pid=pid, listen=listen, client=client, peers=peer_map, data_dir=data_dir,
-                            state_machine=state_machine, tick_ms=tick_ms, election_ticks=election_ticks)
+                            state_machine=state_machine, tick_ms=tick_ms, election_ticks=election_ticks,
+                            snapshot_every=snapshot_every)
         sys.exit(run_node(config))
     except (OSError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)

@@ -153,7 +153,10 @@ class LeaderMixin:
     def _log_sync_for_follower(self: "SequencePaxos", valid: int, follower_decided: int) -> LogSync:
         log, snapshotter = self.log, self.cfg.snapshotter
         decided = self._decided_entries_len()
-        if snapshotter is None or decided <= valid:
+        # Omni (snapshots of the node): a snapshotter with ``deltas = False`` keeps the state outside the
+        # core, so its snapshot cannot carry entries: the follower gets raw entries, and a complete
+        # snapshot only when it is behind our compaction point (actors/snapshots.py).
+        if snapshotter is None or decided <= valid or not getattr(snapshotter, "deltas", True):
             return self._log_sync_from(valid)
         # Ship the decided part the follower lacks as a snapshot: a delta from its decided index when we
         # still hold those entries, otherwise our complete snapshot.

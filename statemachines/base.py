@@ -15,8 +15,9 @@ Rules:
 - Exactly-once retries (PROTOCOL.md section 6) need the client-session table: per client, the outcomes of
   its last `SESSION_SEQS` writes, a floor below which a seq is too old to tell, at most `SESSION_CLIENTS`
   clients (the least recently written-to forgotten first). By default the node's Applier keeps it in
-  memory and rebuilds it by replaying the log, which is right for a state machine that is rebuilt from
-  the log too. A state machine that persists its state and is not replayed below its ``applied_index``
+  memory, writes it into its snapshot files next to ``snapshot()`` and restores it with ``restore()``
+  (actors/snapshots.py), and rebuilds the rest by replaying the log after the snapshot: right for a
+  state machine that lives in memory too. A state machine that persists its state and is not replayed below its ``applied_index``
   after a restart must keep the table itself, in the same transaction as each command, or a retry after
   a restart would be applied twice: it sets ``keeps_sessions = True`` and accepts
   ``apply(index, command, session=(client, seq))`` (sql.py does).
@@ -81,11 +82,18 @@ class StateMachine(ABC):
 
     @abstractmethod
     def snapshot(self) -> bytes:
-        """The whole state (including ``applied_index``) as bytes."""
+        """The whole state (including ``applied_index``) as bytes.
+
+        The node takes one every ``--snapshot-every`` applied entries, writes it to a file and compacts the
+        log behind it; a node that falls behind the compaction point receives a peer's instead. Taken on
+        the Applier's thread between two entries, so it blocks applying while it runs; at most 4 GiB."""
 
     @abstractmethod
     def restore(self, data: bytes) -> None:
-        """Replace the whole state with one produced by ``snapshot`` (on this or another node)."""
+        """Replace the whole state with one produced by ``snapshot`` (on this or another node).
+
+        Called at start when the newest snapshot file is ahead of ``applied_index`` (a machine that
+        keeps its own files usually is not, and is then not restored), and after a state transfer."""
 
     @property
     @abstractmethod
