@@ -43,6 +43,15 @@ FETCH_TIMEOUT = 5.0  # seconds a snapshot chunk request may go unanswered before
 FETCH_PAUSE = 0.5  # seconds to wait after a peer had no suitable snapshot, before asking the next one
 
 
+def _global(item, base: int):
+    """A decided item with its configuration-local index turned global (actors/membership.py)."""
+    if not base:
+        return item
+    if isinstance(item, DecidedSnapshot):
+        return DecidedSnapshot(item.idx + base, item.snapshot)
+    return DecidedEntries(item.start + base, item.entries)
+
+
 class Sessions:
     """Per client, the results of its last SEQS_PER_CLIENT writes; deterministic, so replicated alike."""
 
@@ -108,7 +117,7 @@ class ApplierActor(SupervisedActor):
 
     def on_receive(self, message):
         if isinstance(message, Apply):
-            self.held.extend(message.items)
+            self.held.extend(_global(item, message.base) for item in message.items)
             self._apply_held()
         elif isinstance(message, Query):
             if message.min_applied <= self.applied:
@@ -136,15 +145,28 @@ class ApplierActor(SupervisedActor):
                 self._start_fetch(item.idx)
             return
         assert isinstance(item, DecidedEntries)
-        if item.start > self.applied:  # never skip an entry: this would be a bug upstream of us
-            raise RuntimeError(f"decided entries start at {item.start} but only {self.applied} are applied")
+        if item.start > self.applied:
+            # The configuration's log starts past our state: we joined it (a new member) or missed the end
+            # of the previous one. The state up to its start comes from a peer's snapshot file.
+            self.held.appendleft(item)
+            self._start_fetch(item.start)
+            return
         every = self.snapshot_every
         for offset in range(self.applied - item.start, len(item.entries)):
             idx = item.start + offset
-            self._apply_entry(idx, item.entries[offset])
+            entry = item.entries[offset]
+            self._apply_entry(idx, entry)
             self.applied = idx + 1
-            if every and self.applied - self.last_snapshot >= every:
+            if isinstance(entry, StopSign):
+                self._configuration_ends(entry)
+            elif every and self.applied - self.last_snapshot >= every:
                 self._take_snapshot()
+
+    def _configuration_ends(self, ss: StopSign) -> None:
+        """The StopSign is applied: snapshot the state exactly here (new members and laggards fetch it) and
+        let the node start the next configuration, whose log begins at global index ``self.applied``."""
+        self._take_snapshot()
+        self.node.configuration_decided(ss, self.applied)
 
     # ---- snapshots ------------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ import logging
 from omni.paxos import BallotLeaderElection, CompactionError, ProposalRejected, SequencePaxos
 
 from .messages import (
-    CompactLog, Inbound, LeadWith, NodeStatus, Persist, PromiseChanged, Propose, Reconnected, Reply, Tick,
+    CompactLog, Inbound, LeadWith, NodeStatus, Persist, PromiseChanged, Propose, Reconfigure, Reconnected, Reply,
+    SwitchConfig, SwitchLog, Tick,
 )
 from .supervision import SupervisedActor
 
@@ -27,14 +28,31 @@ MAX_BATCH_MESSAGES = 512  # inputs folded into one Ready at most
 
 
 class SequencePaxosActor(SupervisedActor):
-    def __init__(self, node, core: SequencePaxos):
+    def __init__(self, node, core: SequencePaxos, base: int = 0):
         super().__init__(node)
-        self.core = core
+        self.core: SequencePaxos | None = core  # None: this node was removed from the cluster
+        self.base = base  # global index of this configuration's log index 0
         self._status = None
         self._promise = None
         self._since_drain = 0
 
     def on_receive(self, message):
+        if isinstance(message, SwitchConfig):
+            self._switch(message)
+        elif self.core is None:
+            if isinstance(message, Propose):
+                self._reject(message.entries, "NOT_MEMBER", f"node {self.node.pid} is no longer a member")
+            return
+        else:
+            self._handle(message)
+        self._since_drain += 1
+        # Drain when idle (so a lone request goes out at once) or after a full batch (so a mailbox that
+        # never empties under sustained load cannot hold everything back).
+        if self.core is not None and (self._since_drain >= MAX_BATCH_MESSAGES or self.actor_inbox.empty()):
+            self._since_drain = 0
+            self._drain()
+
+    def _handle(self, message) -> None:
         core = self.core
         if isinstance(message, Inbound):
             core.handle(message.env)
@@ -47,26 +65,44 @@ class SequencePaxosActor(SupervisedActor):
         elif isinstance(message, Reconnected):
             core.reconnected(message.pid)
         elif isinstance(message, CompactLog):
-            self._compact(message.idx)
+            self._compact(message.idx - self.base)
+        elif isinstance(message, Reconfigure):
+            self._reconfigure(message)
         else:
             log.warning("SequencePaxosActor ignored %r", message)
-        self._since_drain += 1
-        # Drain when idle (so a lone request goes out at once) or after a full batch (so a mailbox that
-        # never empties under sustained load cannot hold everything back).
-        if self._since_drain >= MAX_BATCH_MESSAGES or self.actor_inbox.empty():
-            self._since_drain = 0
+
+    def _switch(self, message: SwitchConfig) -> None:
+        """The configuration ended (its StopSign is decided and applied here): run the next one, or none."""
+        if self.core is not None:
+            self._drain()  # what the old core still has goes to the old log
+        if message.store is not None:
+            self.node.storage.tell(SwitchLog(message.store))
+        self.core, self.base = message.core, message.base
+        self._status = self._promise = None
+        if self.core is not None:
             self._drain()
 
     def _propose(self, entries) -> None:
         try:
             self.core.propose(entries)
         except ProposalRejected as exc:
-            for entry in entries:
-                if isinstance(entry, dict) and entry.get("o") == self.node.pid and isinstance(entry.get("r"), int):
-                    self.node.gateway.tell(Reply(entry["r"], False, code="UNAVAILABLE", message=str(exc)))
+            self._reject(entries, "UNAVAILABLE", f"{exc}; retry shortly")
+
+    def _reject(self, entries, code: str, message: str) -> None:
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("o") == self.node.pid and isinstance(entry.get("r"), int):
+                self.node.gateway.tell(Reply(entry["r"], False, code=code, message=message))
+
+    def _reconfigure(self, message: Reconfigure) -> None:
+        try:
+            self.core.reconfigure(message.nodes, metadata=message.metadata, config_id=message.config_id)
+        except (ProposalRejected, ValueError) as exc:
+            self.node.gateway.tell(Reply(message.req, False, code="UNAVAILABLE", message=str(exc)))
 
     def _compact(self, idx: int) -> None:
         """Local only: each node compacts behind its own durable snapshot file (actors/snapshots.py)."""
+        if idx <= 0:
+            return  # the file is from an earlier configuration: this log has nothing below it
         try:
             self.core.snapshot(idx, local_only=True)
         except CompactionError as exc:  # the file is ahead of what this node has decided (a pulled snapshot)
@@ -77,7 +113,7 @@ class SequencePaxosActor(SupervisedActor):
         for env in ready.early:  # replication traffic: out now, so followers fsync while we do
             self.node.outbox.send_core(env)
         if ready.writes or ready.messages or ready.decided:
-            self.node.storage.tell(Persist(ready))
+            self.node.storage.tell(Persist(ready, self.base))
         self._publish()
 
     def _publish(self) -> None:
@@ -86,8 +122,8 @@ class SequencePaxosActor(SupervisedActor):
             self._promise = core.promise
             self.node.ble.tell(PromiseChanged(core.promise))
         status = NodeStatus(leader=core.leader(), role=core.role.value, ballot=core.promise,
-                            decided_idx=core.decided_idx, config_id=core.cfg.config_id, members=core.nodes,
-                            accepting=core.leader_has_caught_up())
+                            decided_idx=self.base + core.decided_idx, config_id=core.cfg.config_id,
+                            members=core.nodes, accepting=core.leader_has_caught_up())
         if status != self._status:
             self._status = status
             self.node.gateway.tell(status)
@@ -99,7 +135,12 @@ class BleActor(SupervisedActor):
         self.core = core
 
     def on_receive(self, message):
+        if isinstance(message, SwitchConfig):
+            self.core = message.core  # None: removed, nothing to elect any more
+            return
         core = self.core
+        if core is None:
+            return
         if isinstance(message, Inbound):
             core.handle(message.env)
         elif isinstance(message, Tick):

@@ -23,7 +23,11 @@ import msgpack
 
 from omni.statemachines import StateMachine, StateMachineError
 
-from .messages import ClientFrame, NodeStatus, PeerReply, PeerRequest, Propose, Query, Reply, Tick
+from .membership import Member, plan_change, to_metadata
+from .messages import (
+    ClientFrame, ConfigChanged, NodeStatus, PeerReply, PeerRequest, Propose, Query, Reconfigure, Reply, Tick,
+)
+from .reconfiguration import public_endpoint
 from .supervision import SupervisedActor
 
 log = logging.getLogger("omni.gateway")
@@ -66,6 +70,7 @@ class GatewayActor(SupervisedActor):
         self.next_req = secrets.randbits(48)
         self.now = 0
         self.late_replies = 0
+        self.reconfigs: dict[int, int] = {}  # request number -> the configuration id it waits for
 
     def on_receive(self, message):
         if isinstance(message, ClientFrame):
@@ -78,6 +83,8 @@ class GatewayActor(SupervisedActor):
             self._serve_forwarded_read(message)
         elif isinstance(message, NodeStatus):
             self.status = message
+        elif isinstance(message, ConfigChanged):
+            self._config_changed(message)
         elif isinstance(message, Tick):
             self.now += 1
             self._expire()
@@ -103,6 +110,11 @@ class GatewayActor(SupervisedActor):
             return self._send(route, _ok({"node": self.node.pid}, rid))
         if op == "status":
             return self._send(route, _ok(self._status_result(), rid))
+        if op in ("members", "reconfigure"):
+            return self._membership_op(route, rid, op, request)
+        if getattr(self.node, "removed", False):
+            raise BadRequest("NOT_MEMBER", f"node {self.node.pid} was removed from the cluster (configuration "
+                                           f"{self.node.config_id} is {list(self.node.members)}); ask a member")
         client, seq, consistency, timeout = _envelope(request)
         body = {k: v for k, v in request.items() if k not in ENVELOPE_KEYS}
         if len(self.pending) >= MAX_IN_FLIGHT:
@@ -150,9 +162,48 @@ class GatewayActor(SupervisedActor):
         req = self._track((), None, DEFAULT_TIMEOUT, peer=(msg.origin, msg.req))
         self.node.applier.tell(Query(req, msg.request, min_applied=status.decided_idx))
 
+    # ---- membership ----------------------------------------------------------------------------------
+
+    def _membership_op(self, route: tuple, rid, op: str, request: dict) -> None:
+        current = self.node.membership
+        if op == "members":
+            return self._send(route, _ok(self._members_result(current), rid))
+        if getattr(self.node, "removed", False):
+            raise BadRequest("NOT_MEMBER", f"node {self.node.pid} was removed from the cluster; ask a member")
+        try:
+            members = plan_change(current, request.get("add", []), request.get("remove", []))
+        except ValueError as exc:
+            raise BadRequest("BAD_REQUEST", str(exc)) from None
+        members = {p: Member(public_endpoint(m.peer), m.client) for p, m in members.items()}
+        me = members.get(self.node.pid)
+        if me is not None and not me.client:  # members started from flags know only their own client endpoint
+            members[self.node.pid] = Member(me.peer, self.node.config.client)
+        if set(members) == set(current.members):
+            return self._send(route, _ok(self._members_result(current), rid))  # nothing to change (a retry)
+        if self.status is None or self.status.leader == 0:
+            raise BadRequest("UNAVAILABLE", "no leader has been elected yet; retry shortly")
+        _, _, _, timeout = _envelope(request)
+        req = self._track(route, rid, timeout)
+        self.reconfigs[req] = current.config_id + 1
+        self.node.sequence_paxos.tell(Reconfigure(req, tuple(sorted(members)), to_metadata(members),
+                                                  current.config_id + 1))
+
+    def _config_changed(self, message: ConfigChanged) -> None:
+        result = self._members_result(message.membership)
+        for req, config_id in list(self.reconfigs.items()):
+            if config_id <= message.membership.config_id:
+                del self.reconfigs[req]
+                self._finish(req, _ok(result, None))
+
+    def _members_result(self, m) -> dict:
+        state = "removed" if self.node.pid not in m.members else "member"
+        return {"config_id": m.config_id, "base": m.base, "state": state, "node": self.node.pid,
+                "members": [[p, public_endpoint(x.peer), x.client] for p, x in sorted(m.members.items())]}
+
     # ---- replies -------------------------------------------------------------------------------------
 
     def _finish(self, req: int, reply: dict) -> None:
+        self.reconfigs.pop(req, None)
         pending = self.pending.pop(req, None)
         if pending is None:
             self.late_replies += 1  # it timed out already; the client was told TIMEOUT
@@ -182,9 +233,11 @@ class GatewayActor(SupervisedActor):
         result = {"node": self.node.pid, "state_machine": self.node.state_machine_name,
                   "leader": 0, "role": "follower", "ballot": [0, 0, 0], "decided_idx": 0,
                   "config_id": self.node.config_id, "members": list(self.node.members)}
-        if s is not None:
+        if s is not None and not getattr(self.node, "removed", False):
             result.update(leader=s.leader, role=s.role, ballot=[s.ballot.n, s.ballot.priority, s.ballot.pid],
                           decided_idx=s.decided_idx, config_id=s.config_id, members=list(s.members))
+        if getattr(self.node, "removed", False):
+            result.update(role="removed", leader=0)
         return result
 
 

@@ -133,6 +133,12 @@ class SQLiteLogStore:
         if conn is not None:
             conn.close()
 
+    def destroy(self) -> None:
+        """Close and delete the log's files (a configuration that is over)."""
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.path) + suffix).unlink(missing_ok=True)
+
     def __enter__(self) -> "SQLiteLogStore":
         return self
 

@@ -71,6 +71,35 @@ class Membership:
         return cls(int(data["config_id"]), from_metadata(data["members"]), int(data.get("base", 0)))
 
 
+def plan_change(current: Membership, add, remove) -> dict:
+    """The member set after adding ``add`` ([id, peer, client] lists) and removing ``remove`` (ids).
+
+    ValueError (the client's mistake) for malformed input, an id both added and removed, an added id that
+    is already a member at other addresses, or an empty result. Adding a member again at the same
+    addresses and removing a non-member change nothing, so a retried request is harmless.
+    """
+    if not isinstance(add, (list, tuple)) or not isinstance(remove, (list, tuple)):
+        raise ValueError("add must be a list of [id, peer, client] and remove a list of ids")
+    adding = from_metadata(add) if add else {}
+    if any(not isinstance(p, int) or isinstance(p, bool) or p <= 0 for p in remove):
+        raise ValueError(f"remove must list positive integer ids, got {remove!r}")
+    both = set(adding) & set(remove)
+    if both:
+        raise ValueError(f"node(s) {sorted(both)} both added and removed")
+    members = dict(current.members)
+    for pid, member in adding.items():
+        if pid in members and members[pid].peer != member.peer:
+            raise ValueError(f"node {pid} is already a member at {members[pid].peer}; remove it first")
+        if not member.peer or not member.client:
+            raise ValueError(f"node {pid} needs both a peer and a client endpoint")
+        members[pid] = member
+    for pid in remove:
+        members.pop(pid, None)
+    if not members:
+        raise ValueError("a configuration needs at least one member")
+    return members
+
+
 def to_metadata(members: dict) -> list:
     """Members as StopSign metadata: [[pid, peer, client], ...] sorted by pid."""
     return [[pid, m.peer, m.client] for pid, m in sorted(members.items())]

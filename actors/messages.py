@@ -55,16 +55,58 @@ class Propose:
 
 @dataclass(frozen=True)
 class Persist:
-    """SequencePaxos to Storage: a Ready batch to make durable, then release (send, apply)."""
+    """SequencePaxos to Storage: a Ready batch to make durable, then release (send, apply).
+
+    ``base``: the global index where the configuration's log starts (actors/membership.py)."""
 
     ready: Ready
+    base: int = 0
 
 
 @dataclass(frozen=True)
 class Apply:
-    """Storage to Applier: decided items (DecidedEntries / DecidedSnapshot), now durable, in log order."""
+    """Storage to Applier: decided items (DecidedEntries / DecidedSnapshot), now durable, in log order;
+    their indexes are local to the configuration whose log starts at global index ``base``."""
 
     items: tuple
+    base: int = 0
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    """Node to SequencePaxos / BLE: run this configuration's core from now on (None: this node was removed).
+
+    SequencePaxos first tells Storage to switch to ``store`` (the new configuration's log), so every
+    batch of the old core is written to the old log and every batch of the new one to the new log."""
+
+    core: object
+    store: object = None
+    base: int = 0
+
+
+@dataclass(frozen=True)
+class SwitchLog:
+    """SequencePaxos to Storage: batches from now on go to ``store``; the old log is closed and deleted."""
+
+    store: object
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    """ClientGateway to SequencePaxos: propose the StopSign that moves the cluster to ``nodes``."""
+
+    req: int
+    nodes: tuple
+    metadata: object
+    config_id: int
+
+
+@dataclass(frozen=True)
+class ConfigChanged:
+    """Node to ClientGateway: this node now runs (or, removed, no longer runs) ``membership``."""
+
+    membership: object
+    removed: bool = False
 
 
 @dataclass(frozen=True)

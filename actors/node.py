@@ -18,15 +18,14 @@ from pathlib import Path
 
 import zmq
 
-from omni.paxos import BallotLeaderElection, PaxosConfig, SequencePaxos
 from omni.statemachines import load_state_machine
 
 from .applier import ApplierActor
 from .consensus import BleActor, SequencePaxosActor
 from .gateway import GatewayActor
-from .log_store import SQLiteLogStore
 from .messages import PeerReply, PeerRequest, Tick
-from .snapshots import SNAPSHOT_OP, MarkerSnapshotter, SnapshotStore
+from .reconfiguration import ConfigManager
+from .snapshots import SNAPSHOT_OP, SnapshotStore
 from .storage import StorageActor
 from .transport import Outbox, Transport
 
@@ -49,6 +48,7 @@ class NodeConfig:
     resend_ticks: int = 10
     priority: int = 0
     snapshot_every: int = 10_000  # applied entries between snapshots (then the log is compacted); 0: never
+    join: str | None = None  # a client endpoint of the cluster to learn the configuration from (new member)
 
     def __post_init__(self) -> None:
         if self.pid <= 0 or any(p <= 0 for p in self.peers):
@@ -82,28 +82,25 @@ class Node:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         sm_class = load_state_machine(cfg.state_machine)
-        store = SQLiteLogStore(cfg.data_dir / "log.db")
+        self.configs = ConfigManager(self)
+        membership = self.configs.load_or_join()
+        self.membership, self.members, self.config_id = membership, membership.pids, membership.config_id
+        self.removed = self.pid not in membership.members
+        store = self.configs.open_log(membership)
         state = store.load()
         self.ctx = zmq.Context()
         self.outbox = Outbox(self.ctx, self.pid)
-        # The core's snapshots are markers; the state itself is in the Applier's files (actors/snapshots.py).
-        # A snapshotter is set even with snapshots off: a peer may still sync this node with a snapshot.
-        paxos = SequencePaxos(PaxosConfig(self.pid, self.members, config_id=cfg.config_id,
-                                          resend_ticks=cfg.resend_ticks, entry_size=_entry_size,
-                                          snapshotter=MarkerSnapshotter()), state,
-                              incarnation=self.incarnation)
-        ble = BallotLeaderElection(self.pid, list(self.members), config_id=cfg.config_id, priority=cfg.priority,
-                                   election_ticks=cfg.election_ticks, recovered_promise=state.promise)
+        paxos, ble = self.configs.build_cores(membership, state)
         self.storage = self._spawn(StorageActor, store)
         self.applier = self._spawn(ApplierActor, sm_class(cfg.data_dir / "statemachine"),
                                    snapshots=SnapshotStore(cfg.data_dir / "snapshots"),
                                    snapshot_every=cfg.snapshot_every, tick_seconds=cfg.tick_ms / 1000,
-                                   replay_until=state.decided_idx)
+                                   replay_until=membership.base + state.decided_idx if state.decided_idx else 0)
         self.gateway = self._spawn(GatewayActor, sm_class(None), cfg.tick_ms / 1000)
-        self.sequence_paxos = self._spawn(SequencePaxosActor, paxos)
+        self.sequence_paxos = self._spawn(SequencePaxosActor, paxos, membership.base)
         self.ble = self._spawn(BleActor, ble)
         self.transport = Transport(
-            self.ctx, self.outbox, self.pid, cfg.listen, cfg.peers, cfg.client,
+            self.ctx, self.outbox, self.pid, cfg.listen, membership.peers_of(self.pid), cfg.client,
             on_core=self._route_core, on_client=self.gateway.tell, on_node=self._route_node,
             on_reconnect=self.sequence_paxos.tell, on_fatal=self.fatal)
         self.transport.start()
@@ -113,9 +110,17 @@ class Node:
             raise OSError(f"cannot bind {cfg.listen} / {cfg.client}: {self.transport.bind_error}")
         self._ticker = threading.Thread(target=self._tick_forever, name=f"omni-ticker-{self.pid}", daemon=True)
         self._ticker.start()
-        log.info("node %d up: peers %s, clients on %s, state machine %s, log at %s (decided %d)", self.pid,
-                 cfg.listen, cfg.client, cfg.state_machine, cfg.data_dir, state.decided_idx)
+        log.info("node %d up: peers %s, clients on %s, state machine %s, log at %s (configuration %d, members %s,"
+                 " log from global index %d, decided %d)", self.pid, cfg.listen, cfg.client, cfg.state_machine,
+                 cfg.data_dir, membership.config_id, list(membership.pids), membership.base, state.decided_idx)
+        if self.removed:
+            log.warning("node %d was removed from the cluster in configuration %d: it no longer serves",
+                        self.pid, membership.config_id)
         return self
+
+    def configuration_decided(self, stopsign, base: int) -> None:
+        """Applier thread: the StopSign is applied; the configuration it names starts at ``base``."""
+        self.configs.decided(stopsign, base)
 
     def _spawn(self, actor_class, *args, **kwargs):
         ref = actor_class.start(self, *args, **kwargs)
@@ -124,6 +129,8 @@ class Node:
 
     def _route_core(self, inbound) -> None:
         from omni.paxos import HeartbeatReply, HeartbeatRequest
+        if not self.configs.current(inbound.env):
+            return  # another configuration's traffic: the ConfigManager took what it tells us
         if isinstance(inbound.env.msg, (HeartbeatRequest, HeartbeatReply)):
             self.ble.tell(inbound)
         else:
@@ -131,6 +138,8 @@ class Node:
 
     def _route_node(self, message) -> None:
         """Snapshot chunk requests and replies go to the Applier; forwarded reads to the ClientGateway."""
+        if self.configs.on_node_message(message):
+            return
         if isinstance(message, PeerRequest) and message.request.get("op") == SNAPSHOT_OP or \
                 isinstance(message, PeerReply) and SNAPSHOT_OP in message.reply:
             self.applier.tell(message)
@@ -186,11 +195,6 @@ class Node:
             # Destroying the context from here would close sockets another thread may still be using,
             # which libzmq answers with abort(); term() in the background just waits for them.
             threading.Thread(target=ctx.term, name=f"omni-zmq-term-{self.pid}", daemon=True).start()
-
-
-def _entry_size(entry) -> int:
-    """A log entry's size on the wire, for batching: the gateway records its request frame's size in "n"."""
-    return (entry.get("n", 0) if isinstance(entry, dict) else 0) + 64
 
 
 def run_node(config: NodeConfig) -> int:

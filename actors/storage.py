@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .messages import Apply, Inbound, Persist
+from .messages import Apply, Inbound, Persist, SwitchLog
 from .supervision import SupervisedActor
 
 log = logging.getLogger("omni.storage")
@@ -37,25 +37,36 @@ class StorageActor(SupervisedActor):
 
     def on_receive(self, message):
         if isinstance(message, Persist):
-            self.pending.append(message.ready)
+            self.pending.append(message)
+        elif isinstance(message, SwitchLog):
+            self._switch(message.store)
         if self.pending and (len(self.pending) >= MAX_PENDING_BATCHES or self.actor_inbox.empty()):
             self._flush()
 
     def _flush(self) -> None:
         batches, self.pending = self.pending, []
-        groups = [group for ready in batches for group in ready.writes]
+        groups = [group for p in batches for group in p.ready.writes]
         if groups and not self.unsafe_skip_writes:
             self.store.write(groups)
             self.commits += 1
         node = self.node
-        for ready in batches:
-            for env in ready.messages:
+        for p in batches:
+            for env in p.ready.messages:
                 if env.dst == node.pid:
                     node.sequence_paxos.tell(Inbound(env))
                 else:
                     node.outbox.send_core(env)
-            if ready.decided:
-                node.applier.tell(Apply(tuple(ready.decided)))
+            if p.ready.decided:
+                node.applier.tell(Apply(tuple(p.ready.decided), p.base))
+
+    def _switch(self, store) -> None:
+        """A new configuration: what the old core still produced goes to the old log, then the new log
+        takes over and the old one is deleted (its StopSign is decided and applied: nothing needs it)."""
+        if self.pending:
+            self._flush()
+        old, self.store = self.store, store
+        old.close()
+        old.destroy()
 
     def release(self) -> None:
         super().release()

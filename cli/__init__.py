@@ -3,6 +3,7 @@ import click
 
 from .kv import kv
 from .node import cluster, node
+from .reconfigure import members, reconfigure
 from .sim import sim
 from .sql import sql
 from .status import status
@@ -25,5 +26,7 @@ main.add_command(kv)
 main.add_command(status)
 main.add_command(node)
 main.add_command(cluster)
+cluster.add_command(reconfigure)
+cluster.add_command(members)
 main.add_command(torture)
 main.add_command(sql)

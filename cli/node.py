@@ -71,10 +71,13 @@ def node():
               help="Election timeout in ticks.")
 @click.option("--snapshot-every", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Snapshot the state every N applied entries and compact the log behind it (0: never).")
+@click.option("--join", metavar="ENDPOINT",
+              help="A new member: learn the configuration from this client endpoint of the running cluster "
+                   "(then add the node with `omni cluster reconfigure --add`).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def start(pid, listen, client, peers, data_dir, state_machine, config_file, tick_ms, election_ticks, snapshot_every,
-          log_level):
+          join, log_level):
     """Start node ID and run it until Ctrl-C / SIGTERM."""
     from omni.actors.node import NodeConfig, run_node
     from omni.statemachines import UnknownStateMachine, load_state_machine
@@ -85,6 +88,8 @@ def start(pid, listen, client, peers, data_dir, state_machine, config_file, tick
     if not listen or not client:
         raise click.UsageError("give --listen and --client, or --config FILE")
     peer_map = _parse_peers(peers) if peers else settings.get("peers", {})
+    if join and peer_map:
+        raise click.UsageError("--join learns the members from the cluster: do not give --peers as well")
     data_dir = data_dir or Path(settings.get("data_dir") or f"omni-data/node-{pid}")
     state_machine = state_machine or settings.get("state_machine") or "kv"
     try:
@@ -96,7 +101,7 @@ def start(pid, listen, client, peers, data_dir, state_machine, config_file, tick
     try:
         config = NodeConfig(pid=pid, listen=listen, client=client, peers=peer_map, data_dir=data_dir,
                             state_machine=state_machine, tick_ms=tick_ms, election_ticks=election_ticks,
-                            snapshot_every=snapshot_every)
+                            snapshot_every=snapshot_every, join=_tcp(join) if join else None)
         sys.exit(run_node(config))
     except (OSError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
@@ -105,7 +110,11 @@ def start(pid, listen, client, peers, data_dir, state_machine, config_file, tick
 
 @click.group()
 def cluster():
-    """Run a local cluster."""
+    """Run a local cluster, or change a running cluster's members."""
+
+
+def _tcp(endpoint: str) -> str:
+    return endpoint if "://" in endpoint else f"tcp://{endpoint}"
 
 
 def cluster_commands(nodes: int, base_port: int, data_dir: Path, state_machine: str) -> list[list[str]]:

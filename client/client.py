@@ -32,7 +32,7 @@ MAX_FRAME = 16 * 1024 * 1024
 #: ops that change state, so they need client + seq; a plug-in state machine's writes are added per Client
 WRITE_OPS = frozenset({"put", "delete", "cas", "batch", "execute"})
 #: error codes that say "not here, not now": try the next node
-RETRYABLE = frozenset({"UNAVAILABLE", "TIMEOUT"})
+RETRYABLE = frozenset({"UNAVAILABLE", "TIMEOUT", "NOT_MEMBER"})  # NOT_MEMBER: a removed node; next one
 CONSISTENCY = ("linearizable", "leader", "local")
 ENVELOPE = frozenset({"op", "id", "client", "seq"})  # keys the client sets itself
 _HWM = 16  # REQ holds one message at a time; a small bound keeps a dead peer from hoarding memory
@@ -203,6 +203,18 @@ class Client:
 
     def status(self) -> dict:
         return self.request("status")
+
+    def members(self) -> dict:
+        """The answering node's configuration: ``{"config_id", "members": [[id, peer, client]...], "state"}``."""
+        return self.request("members")
+
+    def reconfigure(self, add: Iterable = (), remove: Iterable[int] = ()) -> dict:
+        """Move the cluster to a new member set; returns the new configuration once it is decided.
+
+        ``add``: ``[id, peer_endpoint, client_endpoint]`` triples; ``remove``: ids. Idempotent: a retry
+        after the change went through finds nothing left to change and returns the current configuration.
+        """
+        return self.request("reconfigure", add=[list(m) for m in add], remove=list(remove))
 
     # --- KV ops ---
 

@@ -33,3 +33,29 @@ def test_metadata_that_disagrees_with_the_stopsign_nodes_is_refused():
     first = ms.Membership(1, {1: ms.Member("a")})
     with pytest.raises(ValueError):
         first.next(ms.to_metadata({1: ms.Member("a")}), 0, 2, nodes=(1, 2))
+
+
+def _three():
+    return ms.Membership(1, {p: ms.Member(f"tcp://h:{7100 + p}", f"tcp://h:{7200 + p}") for p in (1, 2, 3)})
+
+
+def test_plan_change_adds_and_removes():
+    members = ms.plan_change(_three(), [[4, "tcp://h:7104", "tcp://h:7204"]], [2])
+    assert sorted(members) == [1, 3, 4] and members[4] == ms.Member("tcp://h:7104", "tcp://h:7204")
+
+
+def test_plan_change_is_idempotent_for_a_retry():
+    current = _three()
+    assert ms.plan_change(current, [[3, "tcp://h:7103", "tcp://h:7203"]], [9]) == current.members
+
+
+@pytest.mark.parametrize("add, remove", [
+    ([[2, "tcp://elsewhere:1", "tcp://h:2"]], []),  # same id, other address
+    ([[4, "p", "c"]], [4]),  # both added and removed
+    ([], [1, 2, 3]),  # nobody left
+    ([[4, "p", ""]], []),  # no client endpoint
+    ("4", []), ([], [0]), ([], ["2"]),
+])
+def test_plan_change_refuses_nonsense(add, remove):
+    with pytest.raises(ValueError):
+        ms.plan_change(_three(), add, remove)

@@ -2,7 +2,7 @@
 import logging
 
 
-from omni.actors import node as node_module
+from omni.actors import reconfiguration  # where the node opens its logs
 from omni.actors.log_store import SQLiteLogStore
 from omni.actors.messages import Apply, Inbound, Persist
 from omni.actors.node import EXIT_FATAL, Node, NodeConfig
@@ -82,7 +82,7 @@ class TinyDiskStore(SQLiteLogStore):
 
 
 def test_failed_disk_write_stops_the_node_with_exit_code_70(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(node_module, "SQLiteLogStore", TinyDiskStore)
+    monkeypatch.setattr(reconfiguration, "SQLiteLogStore", TinyDiskStore)
     peer, client_port = free_ports(2)
     node = Node(NodeConfig(pid=1, listen=f"tcp://127.0.0.1:{peer}", client=f"tcp://127.0.0.1:{client_port}",
                            data_dir=tmp_path, election_ticks=5)).start()
