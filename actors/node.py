@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pykka
 import zmq
 
 from omni.statemachines import load_state_machine
@@ -156,8 +157,11 @@ class Node:
                 time.sleep(delay)
             else:
                 next_at = time.monotonic()  # fell behind (a pause): do not burst to catch up
-            for ref in (self.ble, self.sequence_paxos, self.gateway, self.applier):  # applier: transfer timeouts
-                ref.tell(tick)
+            try:
+                for ref in (self.ble, self.sequence_paxos, self.gateway, self.applier):  # applier: transfers
+                    ref.tell(tick)
+            except pykka.ActorDeadError:
+                return  # the node is stopping (or an actor failed, which stops it): nothing left to tick
 
     def fatal(self, reason: str, detail: str | None = None) -> None:
         """Called from any thread: the node cannot go on safely."""
