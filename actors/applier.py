@@ -151,6 +151,14 @@ class ApplierActor(SupervisedActor):
             self.held.appendleft(item)
             self._start_fetch(item.start)
             return
+        end = item.start + len(item.entries)
+        if item.entries and isinstance(item.entries[-1], StopSign) and end <= self.applied:
+            # Our state is already past the StopSign (a restart after the snapshot taken at it, or a pulled
+            # snapshot): it is not applied again, but the next configuration must still start. A kill -9
+            # between that snapshot and membership.json would otherwise leave this node in the sealed
+            # configuration for ever. ConfigManager.adopt ignores a configuration already running.
+            self.node.configuration_decided(item.entries[-1], end)
+            return
         every = self.snapshot_every
         for offset in range(self.applied - item.start, len(item.entries)):
             idx = item.start + offset
@@ -221,7 +229,7 @@ class ApplierActor(SupervisedActor):
             raise RuntimeError(f"entries below {need} were compacted before this node applied them "
                                f"(applied {self.applied}) and it keeps no snapshots")
         node = self.node
-        peers = [p for p in node.members if p != node.pid]
+        peers = list(dict.fromkeys(node.snapshot_sources()))
         self.fetch = SnapshotFetch(need, node.pid, peers, *self.fetch_ticks)
         log.info("entries below %d are compacted and only %d are applied here: fetching a snapshot from %s",
                  need, self.applied, peers)

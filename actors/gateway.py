@@ -70,7 +70,7 @@ class GatewayActor(SupervisedActor):
         self.next_req = secrets.randbits(48)
         self.now = 0
         self.late_replies = 0
-        self.reconfigs: dict[int, int] = {}  # request number -> the configuration id it waits for
+        self.reconfigs: dict[int, tuple] = {}  # request number -> (configuration id, member ids) it waits for
 
     def on_receive(self, message):
         if isinstance(message, ClientFrame):
@@ -184,21 +184,28 @@ class GatewayActor(SupervisedActor):
             raise BadRequest("UNAVAILABLE", "no leader has been elected yet; retry shortly")
         _, _, _, timeout = _envelope(request)
         req = self._track(route, rid, timeout)
-        self.reconfigs[req] = current.config_id + 1
+        self.reconfigs[req] = (current.config_id + 1, frozenset(members))
         self.node.sequence_paxos.tell(Reconfigure(req, tuple(sorted(members)), to_metadata(members),
                                                   current.config_id + 1))
 
     def _config_changed(self, message: ConfigChanged) -> None:
-        result = self._members_result(message.membership)
-        for req, config_id in list(self.reconfigs.items()):
-            if config_id <= message.membership.config_id:
-                del self.reconfigs[req]
+        m = message.membership
+        result = self._members_result(m)
+        for req, (config_id, wanted) in list(self.reconfigs.items()):
+            if config_id > m.config_id:
+                continue
+            del self.reconfigs[req]
+            if wanted == set(m.members):
                 self._finish(req, _ok(result, None))
+            else:  # another change was decided first: ours was not, and is planned afresh on a retry
+                self._finish(req, _error("UNAVAILABLE", f"another reconfiguration was decided first (configuration "
+                                                        f"{m.config_id} is {list(m.pids)}); retry", None))
 
     def _members_result(self, m) -> dict:
         state = "removed" if self.node.pid not in m.members else "member"
         return {"config_id": m.config_id, "base": m.base, "state": state, "node": self.node.pid,
-                "members": [[p, public_endpoint(x.peer), x.client] for p, x in sorted(m.members.items())]}
+                "members": [[p, public_endpoint(x.peer), x.client] for p, x in sorted(m.members.items())],
+                "previous": [[p, public_endpoint(x.peer), x.client] for p, x in sorted(m.previous.items())]}
 
     # ---- replies -------------------------------------------------------------------------------------
 

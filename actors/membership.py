@@ -41,6 +41,9 @@ class Membership:
     config_id: int
     members: dict = field(default_factory=dict)  # pid -> Member
     base: int = 0
+    #: the previous configuration's members: still linked, so a member that missed the change can be told
+    #: of it, and new members can fetch the state at the StopSign from nodes that were there
+    previous: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.config_id <= 0 or self.base < 0:
@@ -56,19 +59,28 @@ class Membership:
         """The peer addresses ``pid`` connects to in this configuration."""
         return {p: m.peer for p, m in self.members.items() if p != pid}
 
+    def links_of(self, pid: int) -> dict[int, str]:
+        """Peers of this configuration and of the previous one (current addresses win)."""
+        return {**{p: m.peer for p, m in self.previous.items() if p != pid}, **self.peers_of(pid)}
+
     def next(self, metadata, stopsign_idx: int, config_id: int, nodes) -> "Membership":
         """The configuration a decided StopSign (at local index ``stopsign_idx``) starts."""
         members = from_metadata(metadata)
         if set(members) != set(nodes):
             raise ValueError(f"StopSign metadata names {sorted(members)} but its nodes are {sorted(nodes)}")
-        return Membership(config_id, members, self.base + stopsign_idx + 1)
+        return Membership(config_id, members, self.base + stopsign_idx + 1, dict(self.members))
 
     def to_json(self) -> dict:
-        return {"config_id": self.config_id, "base": self.base, "members": to_metadata(self.members)}
+        out = {"config_id": self.config_id, "base": self.base, "members": to_metadata(self.members)}
+        if self.previous:
+            out["previous"] = to_metadata(self.previous)
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> "Membership":
-        return cls(int(data["config_id"]), from_metadata(data["members"]), int(data.get("base", 0)))
+        previous = data.get("previous")
+        return cls(int(data["config_id"]), from_metadata(data["members"]), int(data.get("base", 0)),
+                   from_metadata(previous) if previous else {})
 
 
 def plan_change(current: Membership, add, remove) -> dict:
@@ -97,6 +109,11 @@ def plan_change(current: Membership, add, remove) -> dict:
         members.pop(pid, None)
     if not members:
         raise ValueError("a configuration needs at least one member")
+    if not set(members) & set(current.members):
+        # New members fetch the state at the StopSign from the members they know, which are the new
+        # configuration's only (the transport links no others): with no current member left, none has it
+        # and the new configuration would decide entries but never apply one. Replace in two steps.
+        raise ValueError("at least one current member must stay (replace the members in two steps)")
     return members
 
 

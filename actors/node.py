@@ -101,7 +101,7 @@ class Node:
         self.sequence_paxos = self._spawn(SequencePaxosActor, paxos, membership.base)
         self.ble = self._spawn(BleActor, ble)
         self.transport = Transport(
-            self.ctx, self.outbox, self.pid, cfg.listen, membership.peers_of(self.pid), cfg.client,
+            self.ctx, self.outbox, self.pid, cfg.listen, membership.links_of(self.pid), cfg.client,
             on_core=self._route_core, on_client=self.gateway.tell, on_node=self._route_node,
             on_reconnect=self.sequence_paxos.tell, on_fatal=self.fatal)
         self.transport.start()
@@ -118,6 +118,11 @@ class Node:
             log.warning("node %d was removed from the cluster in configuration %d: it no longer serves",
                         self.pid, membership.config_id)
         return self
+
+    def snapshot_sources(self) -> list[int]:
+        """Peers to fetch a snapshot from: this configuration's members, then the previous one's."""
+        m = self.membership
+        return [p for p in (*m.pids, *sorted(m.previous)) if p != self.pid]
 
     def configuration_decided(self, stopsign, base: int) -> None:
         """Applier thread: the StopSign is applied; the configuration it names starts at ``base``."""

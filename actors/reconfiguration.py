@@ -74,8 +74,11 @@ class ConfigManager:
 
     def open_log(self, membership: ms.Membership) -> SQLiteLogStore:
         cfg = self.node.config
-        name = "log.db" if membership.config_id == cfg.config_id and not cfg.join else \
-            f"log-c{membership.config_id}.db"
+        # The name follows from the durable membership alone, never from command-line flags: a member
+        # restarted with a different --join (or config id) must reopen its own log, not a fresh empty one
+        # (that would forget its promise and accepted entries). base 0 is exactly the first configuration,
+        # built from flags; every later one starts after a StopSign, so its base is at least 1.
+        name = "log.db" if membership.base == 0 else f"log-c{membership.config_id}.db"
         return SQLiteLogStore(cfg.data_dir / name)
 
     def build_cores(self, membership: ms.Membership, state):
@@ -98,7 +101,8 @@ class ConfigManager:
     def decided(self, stopsign, base: int) -> None:
         """The StopSign of the current configuration is applied: start the one it names."""
         try:
-            nxt = ms.Membership(stopsign.config_id, ms.from_metadata(stopsign.metadata), base)
+            nxt = ms.Membership(stopsign.config_id, ms.from_metadata(stopsign.metadata), base,
+                                self.node.membership.members)
             if set(nxt.pids) != set(stopsign.nodes):
                 raise ValueError(f"metadata names {list(nxt.pids)}, the StopSign {list(stopsign.nodes)}")
         except (ValueError, TypeError) as exc:  # only our gateway proposes StopSigns: this is a bug
@@ -113,7 +117,7 @@ class ConfigManager:
                 return
             ms.save(node.config.data_dir, nxt)  # durable before anything acts on it
             node.membership, node.members, node.config_id = nxt, nxt.pids, nxt.config_id
-            node.outbox.set_peers(nxt.peers_of(node.pid))
+            node.outbox.set_peers(nxt.links_of(node.pid))
             removed = node.pid not in nxt.members
             node.removed = removed
             if removed:

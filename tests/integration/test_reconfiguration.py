@@ -234,3 +234,17 @@ def test_a_member_down_during_the_change_learns_the_new_configuration_when_it_re
         wait_for(lambda: c.get("barrier", consistency="local")["value"] == 1, what="node 3 to catch up")
         assert [c.get(f"a{i}", consistency="local")["value"] for i in range(30)] == list(range(30))
         assert [c.get(f"b{i}", consistency="local")["value"] for i in range(30)] == list(range(30))
+
+
+def test_a_removed_node_that_was_down_during_the_change_learns_it_was_removed(elastic):
+    """Members stay linked to the previous configuration's nodes, so the removed node's old traffic is
+    heard and answered with the new membership (it says NOT_MEMBER instead of hanging in a dead config)."""
+    cluster = elastic(pids=(1, 2, 3, 4))
+    with cluster.client(1, 2, 3) as c:
+        c.put("before", 1)
+    cluster.kill(4)
+    reconfigure(cluster, 1, remove=[4])
+    with cluster.client(1, 2, 3) as c:
+        c.put("after", 1)
+    cluster.start(4)
+    wait_for(lambda: (cluster.status(4) or {}).get("role") == "removed", deadline=20, what="node 4 removed")

@@ -42,6 +42,9 @@ class FakeNode:
         self.outbox = self.gateway = self.sequence_paxos = self
         self.route = None
 
+    def snapshot_sources(self):
+        return [p for p in self.members if p != self.pid]
+
     def tell(self, message):
         self.told.append(message)
 
