@@ -35,6 +35,7 @@ log = logging.getLogger("omni.gateway")
 MAX_REQUEST = 16 * 1024 * 1024
 MAX_DEPTH = 64  # nesting of request values: every node must be able to encode and apply them
 MAX_IN_FLIGHT = 20_000  # requests waiting for an outcome; beyond it new ones are refused (UNAVAILABLE)
+MAX_PROPOSE_BATCH = 256  # entries handed to SequencePaxos in one Propose at most
 DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 300.0
 ENVELOPE_KEYS = ("id", "client", "seq", "consistency", "timeout")
@@ -70,12 +71,20 @@ class GatewayActor(SupervisedActor):
         self.next_req = secrets.randbits(48)
         self.now = 0
         self.late_replies = 0
+        # Entries to propose, folded into one Propose per mailbox drain (adaptive batching, as the
+        # SequencePaxos actor does): under load one message carries many entries; idle, each goes at once.
+        self.proposals: list = []
         self.reconfigs: dict[int, tuple] = {}  # request number -> (configuration id, member ids) it waits for
 
     def on_receive(self, message):
         if isinstance(message, ClientFrame):
             self._on_frame(message)
-        elif isinstance(message, Reply):
+            if self.proposals and (len(self.proposals) >= MAX_PROPOSE_BATCH or self.actor_inbox.empty()):
+                self._flush_proposals()
+            return
+        if self.proposals:  # anything else first lets the entries gathered so far go, in order
+            self._flush_proposals()
+        if isinstance(message, Reply):
             self._finish(message.req, _reply_map(message))
         elif isinstance(message, PeerReply):
             self._finish(message.req, message.reply)
@@ -128,14 +137,17 @@ class GatewayActor(SupervisedActor):
             entry = {"w": command, "o": self.node.pid, "i": self.node.incarnation, "r": req, "n": size}
             if client is not None:
                 entry["cl"], entry["sq"] = client, seq
-            self.node.sequence_paxos.tell(Propose((entry,)))
+            self.proposals.append(entry)
         elif consistency == "local":
             self.node.applier.tell(Query(req, body))
         elif consistency == "leader":
             self._leader_read(req, body)
         else:
-            entry = {"q": body, "o": self.node.pid, "i": self.node.incarnation, "r": req}
-            self.node.sequence_paxos.tell(Propose((entry,)))
+            self.proposals.append({"q": body, "o": self.node.pid, "i": self.node.incarnation, "r": req})
+
+    def _flush_proposals(self) -> None:
+        entries, self.proposals = tuple(self.proposals), []
+        self.node.sequence_paxos.tell(Propose(entries))
 
     def _track(self, route: tuple, rid, timeout: float, peer: Optional[tuple] = None) -> int:
         self.next_req += 1
@@ -185,6 +197,8 @@ class GatewayActor(SupervisedActor):
         _, _, _, timeout = _envelope(request)
         req = self._track(route, rid, timeout)
         self.reconfigs[req] = (current.config_id + 1, frozenset(members))
+        if self.proposals:  # requests that arrived before this one are proposed before it (arrival order)
+            self._flush_proposals()
         self.node.sequence_paxos.tell(Reconfigure(req, tuple(sorted(members)), to_metadata(members),
                                                   current.config_id + 1))
 
@@ -265,17 +279,19 @@ def _decode(body: bytes) -> dict:
 def _depth_exceeds(value, limit: int) -> bool:
     """True if containers nest deeper than ``limit`` (iterative: a deep value must not blow our stack)."""
     stack = [(value, 1)]
+    containers = (dict, list, tuple)
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = [*item.keys(), *item.values()]
-        elif isinstance(item, (list, tuple)):
-            children = item
-        else:
-            continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, containers):
+                    stack.append((k, depth + 1))
+                if isinstance(v, containers):
+                    stack.append((v, depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, depth + 1) for child in item if isinstance(child, containers))
     return False
 
 

@@ -1,6 +1,7 @@
 """The `omni` command group."""
 import click
 
+from .bench import bench
 from .kv import kv
 from .node import cluster, node
 from .reconfigure import members, reconfigure
@@ -30,3 +31,4 @@ cluster.add_command(reconfigure)
 cluster.add_command(members)
 main.add_command(torture)
 main.add_command(sql)
+main.add_command(bench)

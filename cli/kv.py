@@ -9,6 +9,9 @@ etcdctl does); a cas that does not match prints FAILED and exits 0 too: it is an
 """
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import click
 from omni.client import CONSISTENCY
 
@@ -127,3 +130,62 @@ def range_(opts: Options, prefix: str | None, start: str | None, end: str | None
         print_value(value)
     if result.get("more"):
         click.echo(f"(more keys follow; raise --limit above {limit} to see them)", err=True)
+
+
+@kv.command("batch")
+@click.argument("source", type=click.File("r"), default="-")
+@click.option("--chunk", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Send at most this many ops per batch (0: all in one). Each batch is atomic on its own.")
+@client_command
+def batch(opts: Options, source, chunk: int) -> None:
+    """Apply many ops from SOURCE (a file, or - for stdin) as one batch: one log entry, all in order.
+
+    SOURCE holds JSON: one array, or one item per line. An item is an op map such as
+    {"op": "put", "key": "k", "value": 1} (put, delete or cas), or a [key, value] pair meaning put.
+    For bulk loads give --chunk 1000: every 1000 ops go as one batch (one entry each). Prints OK and the
+    number of ops (and FAILED lines for cas ops that did not match); -o json prints {"results": [...]}.
+    """
+    ops = _read_ops(source.read())
+    if not ops:
+        raise click.UsageError("no ops given")
+    size = chunk or len(ops)
+    results: list = []
+    with opts.client() as client:
+        for lo in range(0, len(ops), size):
+            results.extend(client.batch(ops[lo:lo + size]).get("results", []))
+    if opts.json:
+        print_json({"results": results})
+        return
+    for i, (op, result) in enumerate(zip(ops, results)):
+        if op["op"] == "cas" and not result.get("succeeded"):
+            click.echo(f"FAILED ops[{i}] cas {op['key']}")
+    batches = -(-len(ops) // size)
+    click.echo(f"OK {len(ops)} op{'s' if len(ops) != 1 else ''}" + (f" in {batches} batches" if batches > 1 else ""))
+
+
+def _read_ops(text: str) -> list[dict]:
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        items = json.loads(text)
+        if not isinstance(items, list) or (len(items) == 2 and isinstance(items[0], str)):
+            items = [items]  # a single op map, or a single [key, value] pair
+    except json.JSONDecodeError:
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise click.BadParameter(f"line {n} is not JSON: {e}", param_hint="SOURCE") from None
+    return [_as_op(item, i) for i, item in enumerate(items)]
+
+
+def _as_op(item: Any, index: int) -> dict:
+    if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
+        return {"op": "put", "key": item[0], "value": item[1]}
+    if isinstance(item, dict):
+        return item
+    raise click.BadParameter(f"item {index} is neither an op map nor a [key, value] pair: {item!r:.80}",
+                             param_hint="SOURCE")

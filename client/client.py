@@ -19,7 +19,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
@@ -227,6 +227,20 @@ class Client:
     def delete(self, key: str) -> dict:
         return self.request("delete", key=key)
 
+    def batch(self, ops: Iterable[dict]) -> dict:
+        """Apply put/delete/cas ops (maps as PROTOCOL.md gives them) in one log entry, in order: ``{"results"}``.
+
+        The ops are checked here first (ValueError) and again by the node (BAD_REQUEST); a frame over
+        16 MiB is refused before sending (TOO_LARGE). One batch is one write: one round of consensus, one
+        ``seq``, so a retry of it is applied at most once, as a whole.
+        """
+        return self.request("batch", ops=[_batch_op(op, i) for i, op in enumerate(ops)])
+
+    def put_many(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict:
+        """Put every (key, value) pair in one batch (one log entry); ``{"results": [{"revision"}, ...]}``."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        return self.batch({"op": "put", "key": k, "value": v} for k, v in pairs)
+
     def cas(self, key: str, expected: Any, value: Any) -> dict:
         """Set ``key`` to ``value`` if it holds ``expected``; ``expected=None`` means the key must be absent."""
         return self.request("cas", key=key, expected=expected, value=value)
@@ -277,6 +291,23 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_BATCH_FIELDS = {"put": ("key", "value"), "delete": ("key",), "cas": ("key", "expected", "value")}
+
+
+def _batch_op(op: Any, index: int) -> dict:
+    """One op of a batch, checked as the kv state machine will check it (so mistakes fail before sending)."""
+    if not isinstance(op, Mapping) or op.get("op") not in _BATCH_FIELDS:
+        raise ValueError(f"ops[{index}] must be a map with op put, delete or cas, not {op!r:.80}")
+    fields = _BATCH_FIELDS[op["op"]]
+    missing = [f for f in fields if f not in op]
+    if missing:
+        raise ValueError(f"ops[{index}]: {op['op']} needs {', '.join(repr(f) for f in missing)}")
+    key = op["key"]
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"ops[{index}]: 'key' must be a non-empty string")
+    return dict(op)
 
 
 def _consistency(level: str | None) -> dict:

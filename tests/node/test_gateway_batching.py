@@ -1,0 +1,84 @@
+"""The ClientGateway folds the entries of many requests into one Propose per mailbox drain (adaptive
+batching) without delaying or dropping anything else it is told meanwhile."""
+from __future__ import annotations
+
+import msgpack
+
+from omni.actors.gateway import MAX_PROPOSE_BATCH, GatewayActor
+from omni.actors.messages import ClientFrame, NodeStatus, Propose, Reply, Tick
+from omni.paxos import Ballot
+from omni.statemachines.kv import KVStateMachine
+
+
+class Recorder:
+    def __init__(self):
+        self.told = []
+
+    def tell(self, message):
+        self.told.append(message)
+
+
+class Outbox:
+    def __init__(self):
+        self.sent = []
+
+    def send_client(self, route, body):
+        self.sent.append((route, msgpack.unpackb(body, raw=False)))
+
+    def close_thread_socket(self):
+        pass
+
+
+class FakeNode:
+    pid, incarnation, config_id, members, state_machine_name = 1, 7, 1, (1, 2, 3), "kv"
+    stopping = False
+
+    def __init__(self):
+        self.sequence_paxos, self.applier, self.outbox = Recorder(), Recorder(), Outbox()
+
+
+def gateway():
+    node = FakeNode()
+    gw = GatewayActor(node, KVStateMachine(None), 0.01)  # not started: on_receive is called directly
+    gw.on_receive(NodeStatus(leader=1, role="leader", ballot=Ballot(1, 0, 1), decided_idx=0, config_id=1,
+                             members=(1, 2, 3), accepting=True))
+    return node, gw
+
+
+def put_frame(i):
+    return ClientFrame((b"c%d" % i,), msgpack.packb({"op": "put", "key": f"k{i}", "value": i, "id": i}))
+
+
+def proposals(node):
+    return [m for m in node.sequence_paxos.told if isinstance(m, Propose)]
+
+
+def test_an_idle_gateway_proposes_each_request_at_once():
+    node, gw = gateway()
+    gw.on_receive(put_frame(1))
+    assert [len(p.entries) for p in proposals(node)] == [1]
+
+
+def test_a_busy_gateway_folds_requests_into_one_propose_and_still_handles_replies_and_ticks():
+    node, gw = gateway()
+    gw.actor_inbox.put("more to come")  # the mailbox is not empty: keep gathering
+    for i in range(3):
+        gw.on_receive(put_frame(i))
+    assert proposals(node) == []
+    req = next(iter(gw.pending))
+    gw.on_receive(Reply(req, True, {"revision": 1}))  # anything else first lets the gathered entries go
+    assert [len(p.entries) for p in proposals(node)] == [3]
+    assert [e["w"]["key"] for e in proposals(node)[0].entries] == ["k0", "k1", "k2"]
+    assert node.outbox.sent and node.outbox.sent[0][1]["ok"] is True  # the reply was not dropped
+    gw.on_receive(put_frame(9))
+    now = gw.now
+    gw.on_receive(Tick())
+    assert gw.now == now + 1 and [len(p.entries) for p in proposals(node)] == [3, 1]
+
+
+def test_a_full_batch_goes_even_while_the_mailbox_is_busy():
+    node, gw = gateway()
+    gw.actor_inbox.put("more to come")
+    for i in range(MAX_PROPOSE_BATCH + 1):
+        gw.on_receive(put_frame(i))
+    assert [len(p.entries) for p in proposals(node)] == [MAX_PROPOSE_BATCH]
