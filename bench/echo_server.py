@@ -14,39 +14,16 @@ from __future__ import annotations
 
 import argparse
 
-import msgpack
-import zmq
-
-
-def serve(endpoint: str) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.bind(endpoint)
-    pack, unpack = msgpack.packb, msgpack.unpackb
-    try:
-        while True:
-            frames = sock.recv_multipart()  # [routing id, b"", body]
-            try:
-                request = unpack(frames[-1], raw=False, strict_map_key=False)
-                reply = {"ok": True, "result": {"revision": 0}, "id": request.get("id")}
-            except Exception:
-                reply = {"ok": False, "error": {"code": "BAD_REQUEST", "message": "not msgpack"}, "id": None}
-            frames[-1] = pack(reply, use_bin_type=True)
-            sock.send_multipart(frames)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close(linger=0)
-        ctx.term()
+from omni.cli.bench import echo_serve
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--endpoint", default="tcp://127.0.0.1:7999")
-    serve(parser.parse_args().endpoint)
+    try:
+        echo_serve(parser.parse_args().endpoint)
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":
