@@ -104,6 +104,21 @@ class LocalCluster:
             time.sleep(0.1)
         raise AssertionError(f"no agreed leader within {deadline}s: {views}\n{self.tail_logs()}")
 
+    def steady_leader(self, hold: float = 1.0, deadline: float = 30.0) -> int:
+        """A leader that is still the same (same ballot) ``hold`` seconds later. Right after start-up a node
+        that came up late with a higher id takes over once (BLE adopts the highest ballot it hears), and a
+        test that pipelines raw writes into that change sees them time out."""
+        end = time.monotonic() + deadline
+        while True:
+            first = self.leader(deadline)
+            ballot = self.status(first)["ballot"] if self.status(first) else None
+            time.sleep(hold)
+            again = self.leader(deadline)
+            if again == first and (self.status(again) or {}).get("ballot") == ballot:
+                return again
+            if time.monotonic() > end:
+                raise AssertionError(f"the leader kept changing for {deadline}s")
+
     def tail_logs(self, lines: int = 15) -> str:
         out = []
         for pid, path in self.logs.items():

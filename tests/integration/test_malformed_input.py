@@ -80,6 +80,7 @@ def test_dealer_frame_without_delimiter_is_dropped_and_node_keeps_serving(cluste
 
 
 def test_dealer_client_pipelines_requests_and_matches_replies_by_id(cluster):
+    cluster.steady_leader()  # raw writes carry no client/seq: nothing would retry them across a takeover
     ctx = zmq.Context.instance()
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
