@@ -25,7 +25,8 @@ from omni.statemachines import StateMachine, StateMachineError
 
 from .membership import Member, plan_change, to_metadata
 from .messages import (
-    ClientFrame, ConfigChanged, NodeStatus, PeerReply, PeerRequest, Propose, Query, Reconfigure, Reply, Tick,
+    ClientFrame, ClientFrames, ConfigChanged, NodeStatus, PeerReply, PeerRequest, Propose, Query, Reconfigure,
+    Replies, Reply, Tick,
 )
 from .reconfiguration import public_endpoint
 from .supervision import SupervisedActor
@@ -77,15 +78,21 @@ class GatewayActor(SupervisedActor):
         self.reconfigs: dict[int, tuple] = {}  # request number -> (configuration id, member ids) it waits for
 
     def on_receive(self, message):
-        if isinstance(message, ClientFrame):
-            self._on_frame(message)
-            if self.proposals and (len(self.proposals) >= MAX_PROPOSE_BATCH or self.actor_inbox.empty()):
+        if isinstance(message, (ClientFrame, ClientFrames)):
+            for frame in (message,) if isinstance(message, ClientFrame) else message.frames:
+                self._on_frame(frame)
+                if len(self.proposals) >= MAX_PROPOSE_BATCH:
+                    self._flush_proposals()
+            if self.proposals and self.actor_inbox.empty():
                 self._flush_proposals()
             return
         if self.proposals:  # anything else first lets the entries gathered so far go, in order
             self._flush_proposals()
         if isinstance(message, Reply):
             self._finish(message.req, _reply_map(message))
+        elif isinstance(message, Replies):
+            for reply in message.replies:
+                self._finish(reply.req, _reply_map(reply))
         elif isinstance(message, PeerReply):
             self._finish(message.req, message.reply)
         elif isinstance(message, PeerRequest):

@@ -158,6 +158,20 @@ class ClientFrame:
 
 
 @dataclass(frozen=True)
+class ClientFrames:
+    """Transport to ClientGateway: the client frames one poll drained, in arrival order (one tell, not N)."""
+
+    frames: tuple
+
+
+@dataclass(frozen=True)
+class Replies:
+    """Applier to ClientGateway: the outcomes of the requests one decided batch answered, in log order."""
+
+    replies: tuple
+
+
+@dataclass(frozen=True)
 class PeerRequest:
     """ClientGateway to the leader's ClientGateway (over the transport): serve this read at the leader.
 

@@ -28,7 +28,7 @@ import zmq.utils.monitor
 
 from omni.transport import codec
 
-from .messages import ClientFrame, Inbound, PeerReply, PeerRequest, Reconnected
+from .messages import ClientFrame, ClientFrames, Inbound, PeerReply, PeerRequest, Reconnected
 
 log = logging.getLogger("omni.transport")
 
@@ -241,7 +241,7 @@ class Transport(threading.Thread):
                 elif s is inbox:
                     self._drain(inbox, self._on_peer_frames)
                 elif s is clients:
-                    self._drain(clients, self._on_client_frames)
+                    self._drain_clients(clients)
                 elif s in self._monitors:
                     self._on_monitor(s, self._monitors[s], connected_once)
 
@@ -296,17 +296,34 @@ class Transport(threading.Thread):
             self.stats["dropped_malformed_peer_frame"] += 1
             log.debug("dropped peer frame: %s", exc)
 
-    def _on_client_frames(self, frames) -> None:
+    def _drain_clients(self, clients, budget: int = 1000) -> None:
+        """Hand what one poll drained to the gateway in one tell: under load a mailbox message per request
+        cost more than the request's own decoding."""
+        batch = []
+        for _ in range(budget):
+            try:
+                frames = clients.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                break
+            frame = self._client_frame(frames)
+            if frame is not None:
+                batch.append(frame)
+        if len(batch) == 1:
+            self.on_client(batch[0])
+        elif batch:
+            self.on_client(ClientFrames(tuple(batch)))
+
+    def _client_frame(self, frames):
         try:
             split = frames.index(b"")
         except ValueError:
             self.stats["dropped_client_frame_without_delimiter"] += 1
-            return
+            return None
         route, body = tuple(frames[:split]), frames[split + 1:]
         if len(body) != 1:
             self.stats["dropped_client_multipart"] += 1
             body = [b"".join(body)] if body else [b""]
-        self.on_client(ClientFrame(route, body[0]))
+        return ClientFrame(route, body[0])
 
     def _on_monitor(self, mon, pid: int, connected_once: set) -> None:
         try:

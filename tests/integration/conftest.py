@@ -7,7 +7,7 @@ from .cluster import LocalCluster
 def cluster(tmp_path):
     c = LocalCluster(tmp_path).start()
     try:
-        c.leader()
+        c.steady_leader()  # past the start-up takeover by a late node with a higher id
         yield c
     finally:
         c.stop()

@@ -9,7 +9,7 @@ import pytest
 from omni.actors import snapshots as snapshots_module
 from omni.actors.applier import ApplierActor
 from omni.actors.log_store import SQLiteLogStore
-from omni.actors.messages import Apply, CompactLog, Reply, Tick
+from omni.actors.messages import Apply, CompactLog, Replies, Reply, Tick
 from omni.actors.snapshots import MARKER, MarkerSnapshotter, SnapshotError, SnapshotStore, encode_payload
 from omni.paxos import AcceptSync, PaxosConfig, SequencePaxos
 from omni.paxos.sequence_paxos import DecidedEntries, DecidedSnapshot
@@ -76,7 +76,10 @@ def run_applier(node, sm, items, **kwargs):
 
 
 def replies(node):
-    return [m for m in node.told if isinstance(m, Reply)]
+    out = []
+    for m in node.told:
+        out += [m] if isinstance(m, Reply) else list(m.replies) if isinstance(m, Replies) else []
+    return out
 
 
 # ---- the durable log -----------------------------------------------------------------------------------
