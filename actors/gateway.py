@@ -283,22 +283,27 @@ def _decode(body: bytes) -> dict:
     return request
 
 
+_CONTAINERS = frozenset({dict, list, tuple})  # what msgpack decodes to (exact types: no subclasses)
+
+
 def _depth_exceeds(value, limit: int) -> bool:
-    """True if containers nest deeper than ``limit`` (iterative: a deep value must not blow our stack)."""
+    """True if containers nest deeper than ``limit`` (iterative: a deep value must not blow our stack).
+
+    Runs on every request, so it checks exact types (cheaper than isinstance) and returns at once for the
+    common flat request; map keys are never containers (msgpack cannot decode a list as a key)."""
+    if type(value) is dict and not any(type(v) in _CONTAINERS for v in value.values()):
+        return False
     stack = [(value, 1)]
-    containers = (dict, list, tuple)
     while stack:
         item, depth = stack.pop()
         if depth > limit:
             return True
-        if isinstance(item, dict):
-            for k, v in item.items():
-                if isinstance(k, containers):
-                    stack.append((k, depth + 1))
-                if isinstance(v, containers):
-                    stack.append((v, depth + 1))
-        elif isinstance(item, (list, tuple)):
-            stack.extend((child, depth + 1) for child in item if isinstance(child, containers))
+        kind = type(item)
+        if kind is dict:
+            stack.extend((child, depth + 1) for child in item.values() if type(child) in _CONTAINERS)
+            stack.extend((key, depth + 1) for key in item if type(key) is tuple)
+        elif kind is list or kind is tuple:
+            stack.extend((child, depth + 1) for child in item if type(child) in _CONTAINERS)
     return False
 
 
