@@ -23,12 +23,11 @@ import msgpack
 
 from omni.statemachines import StateMachine, StateMachineError
 
-from .membership import Member, plan_change, to_metadata
+from .membership import Member, plan_change, public_endpoint, to_metadata
 from .messages import (
     ClientFrame, ClientFrames, ConfigChanged, NodeStatus, PeerReply, PeerRequest, Propose, Query, Reconfigure,
     Replies, Reply, Tick,
 )
-from .reconfiguration import public_endpoint
 from .supervision import SupervisedActor
 
 log = logging.getLogger("omni.gateway")
@@ -128,7 +127,7 @@ class GatewayActor(SupervisedActor):
             return self._send(route, _ok(self._status_result(), rid))
         if op in ("members", "reconfigure"):
             return self._membership_op(route, rid, op, request)
-        if getattr(self.node, "removed", False):
+        if self.node.removed:
             raise BadRequest("NOT_MEMBER", f"node {self.node.pid} was removed from the cluster (configuration "
                                            f"{self.node.config_id} is {list(self.node.members)}); ask a member")
         client, seq, consistency, timeout = _envelope(request)
@@ -187,7 +186,7 @@ class GatewayActor(SupervisedActor):
         current = self.node.membership
         if op == "members":
             return self._send(route, _ok(self._members_result(current), rid))
-        if getattr(self.node, "removed", False):
+        if self.node.removed:
             raise BadRequest("NOT_MEMBER", f"node {self.node.pid} was removed from the cluster; ask a member")
         try:
             members = plan_change(current, request.get("add", []), request.get("remove", []))
@@ -261,10 +260,10 @@ class GatewayActor(SupervisedActor):
         result = {"node": self.node.pid, "state_machine": self.node.state_machine_name,
                   "leader": 0, "role": "follower", "ballot": [0, 0, 0], "decided_idx": 0,
                   "config_id": self.node.config_id, "members": list(self.node.members)}
-        if s is not None and not getattr(self.node, "removed", False):
+        if s is not None and not self.node.removed:
             result.update(leader=s.leader, role=s.role, ballot=[s.ballot.n, s.ballot.priority, s.ballot.pid],
                           decided_idx=s.decided_idx, config_id=s.config_id, members=list(s.members))
-        if getattr(self.node, "removed", False):
+        if self.node.removed:
             result.update(role="removed", leader=0)
         return result
 

@@ -117,6 +117,13 @@ def plan_change(current: Membership, add, remove) -> dict:
     return members
 
 
+def public_endpoint(address: str) -> str:
+    """An endpoint without a ZeroMQ source-address part ("tcp://src:0;host:port" -> "tcp://host:port"):
+    what other nodes connect to, whatever address this node binds its own connections from."""
+    scheme, sep, rest = address.partition("://")
+    return f"{scheme}{sep}{rest.split(';')[-1]}" if sep else address
+
+
 def to_metadata(members: dict) -> list:
     """Members as StopSign metadata: [[pid, peer, client], ...] sorted by pid."""
     return [[pid, m.peer, m.client] for pid, m in sorted(members.items())]

@@ -27,8 +27,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Optional
-
 from omni.paxos import BallotLeaderElection, PaxosConfig, SequencePaxos
 
 from . import membership as ms
@@ -190,7 +188,7 @@ def wait_to_join(cfg) -> ms.Membership:
             found = None
         if found is not None and cfg.pid in found.members:
             mine = found.members[cfg.pid]
-            if _endpoint(mine.peer) != _endpoint(cfg.listen):
+            if ms.public_endpoint(mine.peer) != ms.public_endpoint(cfg.listen):
                 raise ValueError(f"configuration {found.config_id} has node {cfg.pid} at {mine.peer}, "
                                  f"but this node listens on {cfg.listen}")
             log.info("node %d joins configuration %d (members %s)", cfg.pid, found.config_id, list(found.pids))
@@ -200,13 +198,3 @@ def wait_to_join(cfg) -> ms.Membership:
                         "cluster", cfg.pid, cfg.pid, cfg.listen, cfg.client)
             announced = True
         time.sleep(1.0)
-
-
-def _endpoint(address: str) -> str:
-    """An endpoint without a ZeroMQ source-address part ("tcp://src:0;host:port" -> "tcp://host:port")."""
-    scheme, sep, rest = address.partition("://")
-    return f"{scheme}{sep}{rest.split(';')[-1]}" if sep else address
-
-
-def public_endpoint(address: Optional[str]) -> str:
-    return _endpoint(address) if address else ""

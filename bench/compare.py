@@ -47,12 +47,13 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from omni.cli.bench import free_ports, set_pdeathsig, stop_processes
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "compare_results.json"
@@ -75,24 +76,6 @@ def log(msg: str) -> None:
     print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def set_pdeathsig() -> None:
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
-    except Exception:
-        pass
-
-
 class Procs:
     """Processes started here; all stopped by stop(), and by the kernel if this script dies."""
 
@@ -107,15 +90,7 @@ class Procs:
         return p
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs, timeout=10)
         self.procs = []
 
 

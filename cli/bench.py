@@ -166,7 +166,7 @@ class Frames:
 def _worker(spec: dict, index: int, counters, ready, go, start_at, abort, results) -> None:
     """One load generator process; reports ("done", index, summary) or ("failed", index, text) on results."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and tells us to stop
-    _set_pdeathsig(signal.SIGKILL)  # and if the parent is killed outright, we go with it
+    set_pdeathsig(signal.SIGKILL)  # and if the parent is killed outright, we go with it
     import zmq
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -325,13 +325,13 @@ def echo_serve(endpoint: str, stop=None) -> None:
 
 def _echo_process(endpoint: str, stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_pdeathsig(signal.SIGKILL)
+    set_pdeathsig(signal.SIGKILL)
     echo_serve(endpoint, stop)
 
 
 # ---- a local cluster ---------------------------------------------------------------------------------------
 
-def _set_pdeathsig(sig: int = signal.SIGTERM) -> None:
+def set_pdeathsig(sig: int = signal.SIGTERM) -> None:
     """In a child: get ``sig`` when the bench dies, so no node or generator outlives a killed bench."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
@@ -347,6 +347,43 @@ def _ports_free(ports) -> bool:
             except OSError:
                 return False
     return True
+
+
+def stop_processes(procs, timeout: float) -> None:
+    """SIGTERM every process still running, wait up to ``timeout`` each, then SIGKILL what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out on 127.0.0.1 (free now; a race with other programs stays possible)."""
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def node_statuses(endpoints, timeout: float, retries: int) -> dict:
+    """endpoint -> that node's `status` result, for the nodes that answered."""
+    from omni.client import Client, OmniError
+    views = {}
+    for ep in endpoints:
+        try:
+            with Client([ep], timeout=timeout, retries=retries) as c:
+                views[ep] = c.status()
+        except OmniError:
+            pass
+    return views
 
 
 def free_base_port(nodes: int) -> int:
@@ -383,22 +420,14 @@ class LocalCluster:
             with open(self.data_dir / f"node-{pid}.log", "ab") as log:
                 self.procs.append(subprocess.Popen(cmd + ["--log-level", "WARNING", *self.node_args], stdout=log,
                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                   start_new_session=True, preexec_fn=_set_pdeathsig))
+                                                   start_new_session=True, preexec_fn=set_pdeathsig))
         return self
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs, timeout=5)
         self.procs = []
         if self.made_dir and not self.keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)
@@ -418,19 +447,12 @@ def wait_for_leader(endpoints: list[str], deadline: float = 30.0, procs=None, st
     Stability matters: right after start-up a second candidate of the same round can take over from the
     first leader within a few hundred ms (seen: ballot (1,0,2) replaced by (1,0,3)).
     """
-    from omni.client import Client, OmniError
     end = time.monotonic() + deadline
     agreed_since, agreed_on = None, None
     while time.monotonic() < end:
         if procs and any(p.poll() is not None for p in procs):
             raise click.ClickException("a node exited during start-up")
-        views = {}
-        for ep in endpoints:
-            try:
-                with Client([ep], timeout=0.5, retries=0) as c:
-                    views[ep] = c.status()
-            except OmniError:
-                pass
+        views = node_statuses(endpoints, timeout=0.5, retries=0)
         leaders = {(v["leader"], tuple(v["ballot"])) for v in views.values()}
         now = time.monotonic()
         if len(views) == len(endpoints) and len(leaders) == 1 and next(iter(leaders))[0] != 0:
@@ -446,14 +468,7 @@ def wait_for_leader(endpoints: list[str], deadline: float = 30.0, procs=None, st
 
 def find_leader(endpoints: list[str]) -> tuple[str | None, dict]:
     """The endpoint of the node the cluster calls leader (None if unknown), and each node's status."""
-    from omni.client import Client, OmniError
-    views = {}
-    for ep in endpoints:
-        try:
-            with Client([ep], timeout=1.0, retries=1) as c:
-                views[ep] = c.status()
-        except OmniError:
-            pass
+    views = node_statuses(endpoints, timeout=1.0, retries=1)
     for ep, v in views.items():
         if v.get("role") == "leader":
             return ep, views

@@ -31,6 +31,7 @@ class Outbox:
 
 class FakeNode:
     pid, incarnation, config_id, members, state_machine_name = 1, 7, 1, (1, 2, 3), "kv"
+    removed = False
     stopping = False
 
     def __init__(self):

@@ -12,13 +12,15 @@ from omni.transport import codec
 from ..integration.cluster import free_ports
 
 
-def start_transport(ctx, pid, ports, events, deadline=20.0):
-    """Start a transport; retry the bind while the previous owner of the port is still letting go."""
-    peer = 2 if pid == 1 else 1
+def start_transport(ctx, pid, ports, events, deadline=20.0, peers=None):
+    """Start a transport (its peer: the other of nodes 1 and 2, unless ``peers`` lists others); retry the
+    bind while the previous owner of the port is still letting go."""
+    peers = [2 if pid == 1 else 1] if peers is None else peers
     end = time.monotonic() + deadline
     while True:
         outbox = Outbox(ctx, pid)
-        t = Transport(ctx, outbox, pid, f"tcp://127.0.0.1:{ports[pid]}", {peer: f"tcp://127.0.0.1:{ports[peer]}"},
+        t = Transport(ctx, outbox, pid, f"tcp://127.0.0.1:{ports[pid]}",
+                      {p: f"tcp://127.0.0.1:{ports[p]}" for p in peers},
                       f"tcp://127.0.0.1:{ports[pid + 10]}", on_core=events.put, on_client=events.put,
                       on_node=events.put, on_reconnect=events.put, on_fatal=events.put)
         t.start()
@@ -87,12 +89,7 @@ def test_peer_that_reconnects_while_its_old_connection_is_half_open_is_heard():
     ctx = zmq.Context()
     p = free_ports(3)
     events = queue.Queue()
-    outbox = Outbox(ctx, 2)
-    t = Transport(ctx, outbox, 2, f"tcp://127.0.0.1:{p[0]}", {1: f"tcp://127.0.0.1:{p[1]}"},
-                  f"tcp://127.0.0.1:{p[2]}", on_core=events.put, on_client=events.put, on_node=events.put,
-                  on_reconnect=events.put, on_fatal=events.put)
-    t.start()
-    t.bound.wait()
+    t, _ = start_transport(ctx, 2, {2: p[0], 1: p[1], 12: p[2]}, events)
 
     def dealer():
         d = ctx.socket(zmq.DEALER)
@@ -133,13 +130,9 @@ def test_set_peers_connects_a_new_member_and_forgets_a_removed_one():
     ctx = zmq.Context()
     p = free_ports(4)
     events1, events2 = queue.Queue(), queue.Queue()
-    out1 = Outbox(ctx, 1)
-    t1 = Transport(ctx, out1, 1, f"tcp://127.0.0.1:{p[0]}", {}, f"tcp://127.0.0.1:{p[1]}",
-                   on_core=events1.put, on_client=events1.put, on_node=events1.put, on_reconnect=events1.put,
-                   on_fatal=events1.put)
-    t1.start()
-    t1.bound.wait()
-    t2, out2 = start_transport(ctx, 2, {1: p[0], 2: p[2], 11: p[1], 12: p[3]}, events2)
+    ports = {1: p[0], 2: p[2], 11: p[1], 12: p[3]}
+    t1, out1 = start_transport(ctx, 1, ports, events1, peers=[])
+    t2, out2 = start_transport(ctx, 2, ports, events2)
     env = Envelope(1, 2, 1, PrepareReq(Ballot(1, 0, 1)))
     try:
         out1.set_peers({2: f"tcp://127.0.0.1:{p[2]}"})
