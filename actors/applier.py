@@ -25,11 +25,13 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 
+import msgpack
+
 from omni.paxos import DecidedEntries, DecidedSnapshot, StopSign
 from omni.statemachines import StateMachine, StateMachineError
 from omni.statemachines.base import SESSION_CLIENTS, SESSION_SEQS, session_too_old
 
-from .messages import Apply, CompactLog, PeerReply, PeerRequest, Query, Replies, Reply, Tick
+from .messages import Apply, CompactLog, LocalQuery, PeerReply, PeerRequest, Query, Replies, Reply, Tick
 from .snapshots import Snapshot, SnapshotError, SnapshotFetch, SnapshotStore, decode, encode_payload, serve
 from .supervision import SupervisedActor
 
@@ -104,6 +106,7 @@ class ApplierActor(SupervisedActor):
         self.sm_name = state_machine.name or type(state_machine).__name__
         self.applied = state_machine.applied_index
         self.sessions = Sessions()
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self.waiting: list[Query] = []
         self._replies: list[Reply] = []  # answers gathered while handling one message, told together
         self.snapshots, self.snapshot_every = snapshots, snapshot_every
@@ -128,6 +131,9 @@ class ApplierActor(SupervisedActor):
         if isinstance(message, Apply):
             self.held.extend(_global(item, message.base) for item in message.items)
             self._apply_held()
+        elif isinstance(message, LocalQuery):
+            reply = Reply(0, *self._run(lambda: self.sm.query(message.request))).to_client(message.rid)
+            self.node.outbox.send_client(message.route, self._pack(reply))
         elif isinstance(message, Query):
             if message.min_applied <= self.applied:
                 self._answer(message)

@@ -1,4 +1,6 @@
 """Messages the node's actors tell each other (never ask): frozen dataclasses, one line each on who sends it.
+The two that exist once per client request (`ClientFrame`, `Reply`) are NamedTuples instead: as immutable,
+and built in a third of the time of a frozen dataclass, which the leader pays several times per request.
 
 These never leave the process. Protocol messages between nodes are `omni.paxos` messages inside an
 `Envelope`; node-level messages between nodes (a read forwarded to the leader and its answer, a snapshot
@@ -8,7 +10,7 @@ carries as plain msgpack maps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from omni.paxos import Ballot, Envelope, Ready
 
@@ -126,7 +128,16 @@ class Query:
 
 
 @dataclass(frozen=True)
-class Reply:
+class LocalQuery:
+    """ClientGateway to Applier: a ``local`` read, which the Applier answers on ``route`` itself (nothing
+    waits for it, so the reply need not come back through the gateway)."""
+
+    route: tuple
+    rid: Any
+    request: dict
+
+
+class Reply(NamedTuple):
     """Applier (or a peer, via the transport) to ClientGateway: the outcome of request ``req``."""
 
     req: int
@@ -134,6 +145,12 @@ class Reply:
     result: Any = None
     code: str = ""
     message: str = ""
+
+    def to_client(self, rid) -> dict:
+        """The reply map of the client protocol (DESIGN.md section 5), with the request's ``id``."""
+        if self.ok:
+            return {"ok": True, "result": self.result, "id": rid}
+        return {"ok": False, "error": {"code": self.code, "message": self.message}, "id": rid}
 
 
 @dataclass(frozen=True)
@@ -149,8 +166,7 @@ class NodeStatus:
     accepting: bool = False  # leading, with everything earlier leaders decided applied here: serves `leader` reads
 
 
-@dataclass(frozen=True)
-class ClientFrame:
+class ClientFrame(NamedTuple):
     """Transport to ClientGateway: one request frame from the client socket, with its routing envelope."""
 
     route: tuple  # ZeroMQ routing frames to send the reply back on

@@ -76,6 +76,14 @@ class Outbox:
     def send_client(self, route: tuple, body: bytes) -> None:
         _send_frames(self._socket(), (b"C", *route, b"", body))
 
+    def send_clients(self, replies: list) -> None:
+        """Many ``(route, body)`` replies in one inproc message: the transport thread then receives one
+        message instead of one per reply (under load, a third of its time went to those receives)."""
+        if len(replies) == 1:
+            return self.send_client(*replies[0])
+        body = msgpack.packb([[*route, reply] for route, reply in replies], use_bin_type=True)
+        _send_frames(self._socket(), (b"R", body))
+
     def set_peers(self, peers: dict[int, str]) -> None:
         """Replace the peer links (a new configuration): new peers are connected, dropped ones closed."""
         body = msgpack.packb({int(p): str(a) for p, a in peers.items()}, use_bin_type=True)
@@ -92,6 +100,7 @@ class Outbox:
 # crosses it several times); send_multipart spends about twice the time of these sends (measured).
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
 
 
 def _send_frames(sock, frames, flags: int = 0) -> None:
@@ -100,6 +109,14 @@ def _send_frames(sock, frames, flags: int = 0) -> None:
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         sock.send(frame, flags | _SNDMORE if i < last else flags)
+
+
+def _recv_frames(sock) -> list:
+    """recv_multipart(NOBLOCK) at two thirds of its cost (it builds flag enums per part); raises zmq.Again."""
+    frames = [sock.recv(_NOBLOCK)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(_NOBLOCK))
+    return frames
 
 
 def _encode_node_message(message) -> bytes:
@@ -249,7 +266,7 @@ class Transport(threading.Thread):
     def _drain(sock, handle, budget: int = 1000) -> None:
         for _ in range(budget):
             try:
-                frames = sock.recv_multipart(_NOBLOCK)
+                frames = _recv_frames(sock)
             except zmq.Again:
                 return
             handle(frames)
@@ -257,7 +274,7 @@ class Transport(threading.Thread):
     def _drain_outbox(self, pull, clients, budget: int = 5000) -> None:
         for _ in range(budget):
             try:
-                frames = pull.recv_multipart(_NOBLOCK)
+                frames = _recv_frames(pull)
             except zmq.Again:
                 return
             try:
@@ -267,6 +284,8 @@ class Transport(threading.Thread):
                         self.stats["dropped_unknown_peer"] += 1
                     else:
                         dealer.send(frames[2], _NOBLOCK)
+                elif frames[0] == b"R":
+                    self._send_replies(clients, frames[1])
                 elif frames[0] == b"M":
                     self._set_peers(frames[1])
                 else:
@@ -274,6 +293,15 @@ class Transport(threading.Thread):
             except zmq.Again:
                 self.stats["dropped_peer_backpressure" if frames[0] == b"P" else "dropped_client_backpressure"] += 1
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the client went away before its reply
+                self.stats[f"dropped_send_{exc.errno}"] += 1
+
+    def _send_replies(self, clients, body: bytes) -> None:
+        for *route, reply in msgpack.unpackb(body):
+            try:
+                _send_frames(clients, (*route, b"", reply), _NOBLOCK)
+            except zmq.Again:
+                self.stats["dropped_client_backpressure"] += 1
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: this client went away; the others still get theirs
                 self.stats[f"dropped_send_{exc.errno}"] += 1
 
     def _on_peer_frames(self, frames) -> None:
@@ -302,7 +330,7 @@ class Transport(threading.Thread):
         batch = []
         for _ in range(budget):
             try:
-                frames = clients.recv_multipart(_NOBLOCK)
+                frames = _recv_frames(clients)
             except zmq.Again:
                 break
             frame = self._client_frame(frames)

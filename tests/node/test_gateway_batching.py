@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 
 from omni.actors.gateway import MAX_PROPOSE_BATCH, GatewayActor
-from omni.actors.messages import ClientFrame, NodeStatus, Propose, Reply, Tick
+from omni.actors.messages import ClientFrame, LocalQuery, NodeStatus, Propose, Reply, Tick
 from omni.paxos import Ballot
 from omni.statemachines.kv import KVStateMachine
 
@@ -24,6 +24,10 @@ class Outbox:
 
     def send_client(self, route, body):
         self.sent.append((route, msgpack.unpackb(body, raw=False)))
+
+    def send_clients(self, replies):
+        for route, body in replies:
+            self.send_client(route, body)
 
     def close_thread_socket(self):
         pass
@@ -83,3 +87,14 @@ def test_a_full_batch_goes_even_while_the_mailbox_is_busy():
     for i in range(MAX_PROPOSE_BATCH + 1):
         gw.on_receive(put_frame(i))
     assert [len(p.entries) for p in proposals(node)] == [MAX_PROPOSE_BATCH]
+
+
+def test_a_local_read_goes_to_the_applier_with_its_route_and_is_not_tracked():
+    """The Applier answers a ``local`` read on the client's route itself: the gateway keeps nothing for it."""
+    node, gw = gateway()
+    body = msgpack.packb({"op": "get", "key": "k", "consistency": "local", "id": 9})
+    gw.on_receive(ClientFrame((b"c1",), body))
+    (query,) = node.applier.told
+    assert isinstance(query, LocalQuery) and query.route == (b"c1",) and query.rid == 9
+    assert query.request == {"op": "get", "key": "k"}
+    assert gw.pending == {} and proposals(node) == [] and node.outbox.sent == []

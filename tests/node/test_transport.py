@@ -4,7 +4,7 @@ import time
 
 import zmq
 
-from omni.actors.messages import Inbound, Reconnected
+from omni.actors.messages import ClientFrame, Inbound, Reconnected
 from omni.actors.transport import KIND_CORE, Outbox, Transport
 from omni.paxos import Ballot, Envelope, PrepareReq
 from omni.transport import codec
@@ -149,3 +149,36 @@ def test_set_peers_connects_a_new_member_and_forgets_a_removed_one():
             t.join(timeout=5)
         out1.close_thread_socket()
         ctx.destroy(linger=0)
+
+
+def test_replies_handed_over_together_reach_each_client_even_when_one_client_is_gone():
+    """send_clients carries many replies in one inproc message; a reply to a vanished client (ROUTER_MANDATORY
+    says EHOSTUNREACH) is counted and the rest of the batch still goes out, in order."""
+    ctx = zmq.Context()
+    p = free_ports(4)
+    ports = {1: p[0], 2: p[1], 11: p[2], 12: p[3]}
+    events = queue.Queue()
+    t, outbox = start_transport(ctx, 1, ports, events)
+    clients = []
+    try:
+        for name in (b"alice", b"bob"):
+            c = ctx.socket(zmq.DEALER)
+            c.setsockopt(zmq.LINGER, 0)
+            c.setsockopt(zmq.ROUTING_ID, name)
+            c.connect(f"tcp://127.0.0.1:{ports[11]}")
+            c.send_multipart([b"", b"hello"])
+            clients.append(c)
+        routes = [expect(events, ClientFrame).route for _ in clients]
+        assert sorted(routes) == [(b"alice",), (b"bob",)]
+        outbox.send_clients([((b"alice",), b"a1"), ((b"nobody",), b"lost"), ((b"bob",), b"b1"),
+                             ((b"alice",), b"a2")])
+        for c, wanted in zip(clients, ([b"a1", b"a2"], [b"b1"])):
+            c.setsockopt(zmq.RCVTIMEO, 10_000)
+            assert [c.recv_multipart()[1] for _ in wanted] == wanted
+        assert t.stats[f"dropped_send_{zmq.EHOSTUNREACH}"] == 1
+    finally:
+        t.stop()
+        t.join(timeout=5)
+        outbox.close_thread_socket()
+        for c in clients:
+            c.close(linger=0)
