@@ -100,7 +100,6 @@ class Outbox:
 # crosses it several times); send_multipart spends about twice the time of these sends (measured).
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 
 
 def _send_frames(sock, frames, flags: int = 0) -> None:
@@ -112,10 +111,13 @@ def _send_frames(sock, frames, flags: int = 0) -> None:
 
 
 def _recv_frames(sock) -> list:
-    """recv_multipart(NOBLOCK) at two thirds of its cost (it builds flag enums per part); raises zmq.Again."""
-    frames = [sock.recv(_NOBLOCK)]
-    while sock.getsockopt(_RCVMORE):
-        frames.append(sock.recv(_NOBLOCK))
+    """recv_multipart(NOBLOCK) at about half its cost: a Frame says whether more parts follow, where asking
+    the socket (RCVMORE) builds an option enum per part; raises zmq.Again."""
+    frame = sock.recv(_NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
     return frames
 
 
