@@ -8,12 +8,12 @@ from .ble import BallotLeaderElection
 from .messages import (
     ZERO_BALLOT, AcceptDecide, Accepted, AcceptStopSign, AcceptSync, Ballot, Compaction, Decide, Envelope,
     ForwardStopSign, HeartbeatReply, HeartbeatRequest, LogSync, NotAccepted, Prepare, PrepareReq, Promise,
-    ProposalForward, SequenceNumber, SnapshotSync, StopSign,
+    ProposalForward, ReadAck, ReadProbe, SequenceNumber, SnapshotSync, StopSign,
 )
 from .roles import Phase, Role
 from .sequence_paxos import (
-    CompactionError, DecidedEntries, DecidedSnapshot, PaxosConfig, ProposalRejected, Ready, SequencePaxos,
-    Snapshotter,
+    CompactionError, DecidedEntries, DecidedSnapshot, PaxosConfig, ProposalRejected, ReadRejected, Ready,
+    SequencePaxos, Snapshotter,
 )
 from .storage import LogState, MemoryStorage, Storage
 
@@ -21,6 +21,7 @@ __all__ = [
     "ZERO_BALLOT", "AcceptDecide", "Accepted", "AcceptStopSign", "AcceptSync", "Ballot", "BallotLeaderElection",
     "Compaction", "CompactionError", "Decide", "DecidedEntries", "DecidedSnapshot", "Envelope", "ForwardStopSign",
     "HeartbeatReply", "HeartbeatRequest", "LogState", "LogSync", "MemoryStorage", "NotAccepted", "PaxosConfig",
-    "Phase", "Prepare", "PrepareReq", "Promise", "ProposalForward", "ProposalRejected", "Ready", "Role",
-    "SequenceNumber", "SequencePaxos", "SnapshotSync", "Snapshotter", "StopSign", "Storage",
+    "Phase", "Prepare", "PrepareReq", "Promise", "ProposalForward", "ProposalRejected", "ReadAck", "ReadProbe",
+    "ReadRejected", "Ready", "Role", "SequenceNumber", "SequencePaxos", "SnapshotSync", "Snapshotter", "StopSign",
+    "Storage",
 ]

@@ -5,7 +5,9 @@ lack, installs the leader's AcceptSync atomically, then appends AcceptDecide bat
 sequence numbers give. Every message other than Prepare must carry exactly the promised ballot: a lower
 one is answered with NotAccepted, a higher one with PrepareReq (we missed that leader's Prepare). A gap in
 sequence numbers means something was lost, so the follower enters Recover and asks to be prepared again;
-a sequence number already seen is a duplicate and is ignored.
+a sequence number already seen is a duplicate and is ignored. A ReadProbe is acked only while the promise
+is exactly the probe's ballot, in any phase (the ack says "nothing higher promised here", see reads.py);
+nothing is persisted for it.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .messages import (
     AcceptDecide, AcceptStopSign, AcceptSync, Ballot, Decide, ForwardStopSign, NotAccepted, Prepare,
-    PrepareReq, Promise, SequenceNumber, StopSign,
+    PrepareReq, Promise, ReadAck, ReadProbe, SequenceNumber, StopSign,
 )
 from .roles import Phase, Role
 from .storage import SetPromise, SetStopSign
@@ -161,6 +163,14 @@ class FollowerMixin:
         if self.log.stopsign != msg.ss:
             self._write(SetStopSign(msg.ss))
         self._send_accepted(src, msg.n)
+
+    def _on_read_probe(self: "SequencePaxos", src: int, msg: ReadProbe) -> None:
+        # No NotAccepted or PrepareReq here: a leader that lost its ballot learns it from Prepare/BLE, and
+        # its reads fail then; a probe is cheap to drop.
+        if msg.n != self.log.promise or src != msg.n.pid:
+            self.stats["dropped_read_probe"] += 1
+            return
+        self._send(src, ReadAck(msg.n, msg.round))
 
     def _follower_resend(self: "SequencePaxos") -> None:
         """Resend our Promise while preparing; keep asking for a Prepare while recovering."""

@@ -7,6 +7,10 @@ promised follower from the part of that follower's log that is still valid (Prep
 entry that may have been decided is in the adopted log). In the Accept phase it appends proposals and
 counts Accepted messages, its own included, to decide. Everything about a round lives in `LeaderState`,
 keyed by real pids (never by pid - 1: clusters such as {5, 6, 7} trim and decide like {1, 2, 3}).
+
+In the Accept phase the leader also serves linearizable reads without a log entry (ReadIndex): reads.py
+holds that half and the argument why it is safe. It lives apart from `LeaderState` on purpose: when this
+round ends the reads must fail visibly rather than vanish with the round's state.
 """
 from __future__ import annotations
 

@@ -195,10 +195,26 @@ class ForwardStopSign:
     ss: StopSign
 
 
+@dataclass(frozen=True)
+class ReadProbe:
+    """Leader in the Accept phase to every peer when a round of linearizable reads starts: still mine?"""
+
+    n: Ballot
+    round: int
+
+
+@dataclass(frozen=True)
+class ReadAck:
+    """Follower to the leader of ``n``, answering its ReadProbe, iff it has promised exactly ``n``."""
+
+    n: Ballot
+    round: int
+
+
 BLE_MESSAGES = (HeartbeatRequest, HeartbeatReply)
 SP_MESSAGES = (
     PrepareReq, Prepare, Promise, AcceptSync, AcceptDecide, Accepted, NotAccepted, Decide,
-    ProposalForward, Compaction, AcceptStopSign, ForwardStopSign,
+    ProposalForward, Compaction, AcceptStopSign, ForwardStopSign, ReadProbe, ReadAck,
 )
 
 

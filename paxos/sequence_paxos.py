@@ -21,11 +21,17 @@ them (as Raft's leader does). Safe because what they carry is either decided alr
 of *durable* Accepted, the leader's own counted only after its fsync) or merely proposed; the leader's
 promise, which a Prepare relies on, stays ordered after its write (a Prepare is not early), so every
 Promise the leader collects, its own included, is durable. The simulator sends them early too, with
-crashes that lose unsynced writes.
+crashes that lose unsynced writes. ReadProbe and ReadAck are early as well: they speak of the in-memory
+promise, which only grows, and of no write at all.
 
-Leader and follower behaviour live in `leader.py` and `follower.py`; this file holds what both share: the
-dispatch, the log synchronisation, compaction, timers and the output batch. Deviations from OmniPaxos are
-marked "Omni:" where they occur; each closes a gap our simulator found or a fault our transport has.
+``ready.reads`` (confirmed linearizable reads, ``(token, idx)``) and ``ready.failed_reads`` (tokens) need
+no ordering either: nothing they say depends on this node's disk, so the host answers them at once (a
+confirmed read once its state machine has applied ``idx`` entries). See `reads.py`.
+
+Leader and follower behaviour live in `leader.py` and `follower.py`, linearizable reads in `reads.py`;
+this file holds what both share: the dispatch, the log synchronisation, compaction, timers and the output
+batch. Deviations from OmniPaxos are marked "Omni:" where they occur; each closes a gap our simulator
+found or a fault our transport has.
 """
 from __future__ import annotations
 
@@ -39,13 +45,19 @@ from .leader import LeaderMixin, LeaderState, PendingAcceptDecide
 from .messages import (
     ZERO_BALLOT, AcceptDecide, Accepted, AcceptStopSign, AcceptSync, Ballot, Compaction, Decide,
     Envelope, ForwardStopSign, LogSync, NotAccepted, Prepare, PrepareReq, Promise, ProposalForward,
-    SequenceNumber, SnapshotSync, StopSign,
+    ReadAck, ReadProbe, SequenceNumber, SnapshotSync, StopSign,
 )
+from .reads import ReadIndexMixin, ReadRounds
 from .storage import AppendOnPrefix, Compact, LogState, SetAcceptedRound, SetDecidedIdx, SetStopSign, apply_op
 
 
 class ProposalRejected(Exception):
     """A proposal or reconfiguration this node cannot take (the log is sealed by a StopSign)."""
+
+
+class ReadRejected(ProposalRejected):
+    """A linearizable read this node cannot take: it is not the leader in the Accept phase, or the
+    configuration is being reconfigured."""
 
 
 class CompactionError(Exception):
@@ -109,15 +121,18 @@ class Ready:
     messages: list = field(default_factory=list)
     decided: list = field(default_factory=list)
     early: list = field(default_factory=list)  # send now, before the writes (see the module docstring)
+    reads: list = field(default_factory=list)  # (token, idx): confirmed reads, answer at once (reads.py)
+    failed_reads: list = field(default_factory=list)  # tokens: answer "unavailable, retry" at once
 
     def __bool__(self) -> bool:
-        return bool(self.writes or self.messages or self.decided or self.early)
+        return bool(self.writes or self.messages or self.decided or self.early or self.reads
+                    or self.failed_reads)
 
 
 _FORWARD_MEMORY = 4096  # forwarded batches remembered per sender, to drop duplicates
 
 
-class SequencePaxos(LeaderMixin, FollowerMixin):
+class SequencePaxos(LeaderMixin, FollowerMixin, ReadIndexMixin):
     """One node's Sequence Paxos in one configuration."""
 
     def __init__(self, config: PaxosConfig, state: Optional[LogState] = None, *, incarnation: int = 0):
@@ -143,12 +158,15 @@ class SequencePaxos(LeaderMixin, FollowerMixin):
         self._ready = Ready()
         self._pending_ad: dict[int, PendingAcceptDecide] = {}
         self._pending_accepted: dict[int, int] = {}
+        self._reads: Optional[ReadRounds] = None
+        self._read_round = 0  # grows for the node's whole life: (ballot, round) names one round
         self._dispatch = {
             Prepare: self._on_prepare, Promise: self._on_promise, AcceptSync: self._on_accept_sync,
             AcceptDecide: self._on_accept_decide, Accepted: self._on_accepted, NotAccepted: self._on_not_accepted,
             Decide: self._on_decide, PrepareReq: self._on_prepare_req, ProposalForward: self._on_forward,
             Compaction: self._on_compaction, AcceptStopSign: self._on_accept_stopsign,
-            ForwardStopSign: self._on_forward_stopsign,
+            ForwardStopSign: self._on_forward_stopsign, ReadProbe: self._on_read_probe,
+            ReadAck: self._on_read_ack,
         }
         if self.log.promise != ZERO_BALLOT:
             # Restarted from storage: whatever we led or followed, ask to be prepared again.
@@ -172,6 +190,7 @@ class SequencePaxos(LeaderMixin, FollowerMixin):
     def tick(self) -> None:
         """Advance logical time: every ``resend_ticks`` ticks, resend what may have been lost."""
         self._ticks += 1
+        self._reads_tick()
         if self._ticks % self.cfg.resend_ticks == 0:
             if self.role is Role.LEADER:
                 self._leader_resend()
@@ -239,6 +258,7 @@ class SequencePaxos(LeaderMixin, FollowerMixin):
 
     def take_ready(self) -> Ready:
         """Everything produced since the last call, in the order the host must carry it out."""
+        self._check_reads()
         self._collect_decided()
         ready = self._ready
         ready.early = [m.finish() if isinstance(m, PendingAcceptDecide) else m for m in ready.early]
@@ -462,4 +482,5 @@ class SequencePaxos(LeaderMixin, FollowerMixin):
 _UNUSABLE = object()
 
 #: Messages that vouch for nothing on the sender's disk: sent before the Ready's writes are durable.
-_EARLY = frozenset({AcceptSync, AcceptDecide, AcceptStopSign, Decide, ProposalForward, ForwardStopSign})
+_EARLY = frozenset({AcceptSync, AcceptDecide, AcceptStopSign, Decide, ProposalForward, ForwardStopSign,
+                    ReadProbe, ReadAck})

@@ -9,6 +9,14 @@ configuration, the log chosen so far (the first value any node applied at each i
   node's decided log only grows);
 - applies an entry nobody proposed (validity);
 - applies the same proposal at two indices (no entry is decided twice).
+
+Linearizable reads (paxos/reads.py) are checked against the same truth. The host registers a read at a
+node, noting the largest decided length any node has in that configuration at that moment; the checker
+raises `Violation` the moment a node
+- confirms a read with an index below that length (it would serve a state missing a decided write);
+- confirms a read twice, or both confirms and fails it, or answers a read it was never given.
+A read pending at a node that crashes vanishes with it (`reads_lost`); `unanswered_reads` names the
+others still waiting, which must be none once a healed cluster has settled.
 """
 from __future__ import annotations
 
@@ -27,6 +35,9 @@ class Checker:
         self.proposals: dict[int, set] = {}
         self.positions: dict[tuple[int, Any], int] = {}
         self.decided_count = 0
+        self.read_floor: dict = {}  # token -> (pid, config id, decided length anywhere at registration)
+        self.read_outcome: dict = {}  # token -> "confirmed" | "failed" | "lost"
+        self.reads_confirmed = 0
 
     def proposed(self, config_id: int, entry: Any) -> None:
         self.proposals.setdefault(config_id, set()).add(entry)
@@ -56,6 +67,40 @@ class Checker:
             raise Violation(f"node {pid} config {config_id}: snapshot claims {item.idx} entries, holds "
                             f"{len(item.snapshot)}")
         self.decided(pid, config_id, applied, DecidedEntries(0, tuple(item.snapshot)))
+
+    def read_registered(self, pid: int, config_id: int, token: Any, decided_anywhere: int) -> None:
+        self.read_floor[token] = (pid, config_id, decided_anywhere)
+
+    def read_confirmed(self, pid: int, config_id: int, token: Any, idx: int) -> None:
+        where, floor = self._answer(pid, config_id, token, "confirmed"), self.read_floor[token][2]
+        if idx < floor:
+            raise Violation(f"{where}: read {token} confirmed with index {idx}, but {floor} entries were "
+                            f"decided when it was registered: it would miss decided writes")
+        self.reads_confirmed += 1
+
+    def read_failed(self, pid: int, config_id: int, token: Any) -> None:
+        self._answer(pid, config_id, token, "failed")
+
+    def reads_lost(self, pid: int) -> None:
+        """``pid`` crashed: the reads it still held vanish with its memory."""
+        for token in self.unanswered_reads():
+            if self.read_floor[token][0] == pid:
+                self.read_outcome[token] = "lost"
+
+    def unanswered_reads(self) -> list:
+        return [t for t in self.read_floor if t not in self.read_outcome]
+
+    def _answer(self, pid: int, config_id: int, token: Any, outcome: str) -> str:
+        where = f"node {pid} config {config_id}"
+        if token not in self.read_floor:
+            raise Violation(f"{where}: {outcome} read {token}, which was never registered")
+        if self.read_floor[token][:2] != (pid, config_id):
+            raise Violation(f"{where}: {outcome} read {token}, registered at node {self.read_floor[token][0]} "
+                            f"config {self.read_floor[token][1]}")
+        if token in self.read_outcome:
+            raise Violation(f"{where}: read {token} {outcome}, but it was already {self.read_outcome[token]}")
+        self.read_outcome[token] = outcome
+        return where
 
     def durable_decided(self, pid: int, config_id: int, before: int, after: int) -> None:
         if after < before:

@@ -2,8 +2,9 @@
 
 `SimCluster` hosts N nodes, each running Ballot Leader Election + Sequence Paxos for every configuration
 it belongs to, exactly as a real node would: it sends each `Ready`'s early messages at once, persists its
-writes before sending its other messages, and applies decided entries only after that. The difference is that everything can go wrong on purpose,
-driven by one seeded `random.Random`:
+writes before sending its other messages, and applies decided entries only after that; it answers confirmed
+and failed reads at once, as they depend on no disk. The difference is that everything can go wrong on
+purpose, driven by one seeded `random.Random`:
 - the network drops, delays, duplicates and reorders messages, and cuts links one way or both ways;
 - a node's disk "fsyncs" only some of the time, and a crash loses whatever it had not yet fsynced;
 - crashed nodes restart from their storage with a new incarnation (messages to the old one are lost).
@@ -20,7 +21,7 @@ from typing import Any, Optional
 
 from omni.paxos import (
     BallotLeaderElection, DecidedEntries, DecidedSnapshot, Envelope, HeartbeatReply, HeartbeatRequest,
-    MemoryStorage, PaxosConfig, ProposalRejected, SequencePaxos, StopSign,
+    MemoryStorage, PaxosConfig, ProposalRejected, ReadRejected, SequencePaxos, StopSign,
 )
 
 from .checker import Checker
@@ -104,6 +105,7 @@ class SimCluster:
         self.trace: list[str] = []
         self.trace_limit = trace_limit
         self.messages_sent = 0
+        self.reads_registered = 0
         self._leaders: dict[int, int] = {}
         self.configs: dict[int, tuple[int, ...]] = {1: tuple(sorted(nodes))}
         for pid in nodes:
@@ -137,6 +139,7 @@ class SimCluster:
             return
         node.alive = False
         node.instances.clear()  # memory and every un-fsynced Ready are gone
+        self.checker.reads_lost(pid)
         self.log(f"crash {pid}")
 
     def restart(self, pid: int) -> None:
@@ -163,6 +166,22 @@ class SimCluster:
             return False
         self.checker.proposed(config_id, entry)
         return True
+
+    def read(self, pid: int, config_id: Optional[int] = None) -> Optional[int]:
+        """Register a linearizable read at ``pid``; its token, or None if refused or down."""
+        node = self.nodes[pid]
+        config_id = config_id or node.latest_config()
+        if not node.alive or config_id not in node.instances:
+            return None
+        token = self.reads_registered + 1
+        try:
+            node.instances[config_id].sp.read(token)
+        except ReadRejected:
+            return None
+        self.reads_registered = token
+        self.checker.read_registered(pid, config_id, token, self.decided_anywhere(config_id))
+        self.log(f"read {token} at {pid} (config {config_id})")
+        return token
 
     def reconfigure(self, pid: int, new_nodes: tuple[int, ...]) -> bool:
         node = self.nodes[pid]
@@ -223,6 +242,7 @@ class SimCluster:
             ready = inst.sp.take_ready()
             for env in ready.early:  # replication traffic goes out before the writes, as a node sends it
                 self._send(env)
+            self._answer_reads(node.pid, config_id, ready)
             if ready:
                 inst.unsynced.append(ready)
             if inst.unsynced and self.rng.random() < self.fsync_probability:
@@ -232,6 +252,14 @@ class SimCluster:
                 self._request_history(node)
             if len(self.configs) > 1:
                 self._start_new_configs()
+
+    def _answer_reads(self, pid: int, config_id: int, ready) -> None:
+        for token, idx in ready.reads:
+            self.log(f"read {token} confirmed at {pid} with index {idx}")
+            self.checker.read_confirmed(pid, config_id, token, idx)
+        for token in ready.failed_reads:
+            self.log(f"read {token} failed at {pid}")
+            self.checker.read_failed(pid, config_id, token)
 
     def _fsync(self, node: SimNode, config_id: int, inst: Instance) -> None:
         """Persist every pending Ready, then send its messages, then apply what it decided."""
@@ -359,3 +387,14 @@ class SimCluster:
 
     def decided_len(self, pid: int, config_id: int = 1) -> int:
         return len(self.nodes[pid].applied.get(config_id, ()))
+
+    def decided_anywhere(self, config_id: int) -> int:
+        """The longest decided prefix of ``config_id`` any node knows now: in memory, on disk or applied."""
+        known = [len(self.checker.chosen.get(config_id, ()))]
+        for node in self.nodes.values():
+            if config_id in node.disks:
+                known.append(node.disks[config_id].decided_idx)
+            inst = node.instances.get(config_id) if node.alive else None
+            if inst is not None:
+                known.append(inst.sp.decided_idx)
+        return max(known)

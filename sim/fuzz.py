@@ -1,14 +1,17 @@
 """Randomised fault schedules for the simulator: one seed, one reproducible run.
 
 A run has three phases:
-1. chaos: clients propose at random nodes while the schedule crashes and restarts nodes, cuts links one
-   way or both, partitions the cluster, heals it, reconfigures, snapshots and trims; the network drops,
-   duplicates, delays and reorders messages and disks lose whatever was not yet fsynced when a node dies;
+1. chaos: clients propose at random nodes and read at the nodes that lead (deposed leaders that do not
+   know it yet included) while the schedule crashes and restarts nodes, cuts links one way or both,
+   partitions the cluster, heals it, reconfigures, snapshots and trims; the network drops, duplicates,
+   delays and reorders messages and disks lose whatever was not yet fsynced when a node dies;
 2. heal: every link is restored, every node restarted, the network made reliable, and the cluster left to
    settle for `SETTLE_ROUNDS` election timeouts;
 3. liveness: fresh proposals at random members of the newest configuration must be decided and applied by
    every member within `LIVENESS_ROUNDS` election timeouts, and every configuration's members must hold
-   the same decided log (new members included, through state transfer).
+   the same decided log (new members included, through state transfer); then a read at the leader must be
+   confirmed, and every read still pending at a node that never crashed must be answered (confirmed or
+   failed) within `READ_ROUNDS` election timeouts.
 The safety invariants are checked after every step of all three phases (see `checker.py`).
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ CHAOS_TICKS = 600
 SETTLE_ROUNDS = 10
 LIVENESS_ROUNDS = 30
 PROBES = 5
+READ_ROUNDS = 10
 
 
 @dataclass
@@ -99,7 +103,29 @@ def _chaos(cluster: SimCluster, rng: random.Random, ticks: int, reconfigs: int) 
                 reconfigs -= 1
         elif roll < 0.368 and alive:
             _compact(cluster, rng, rng.choice(alive))
+        elif roll < 0.468 and alive:
+            _read(cluster, rng, alive)
         cluster.step()
+
+
+def _read(cluster: SimCluster, rng: random.Random, alive: list) -> None:
+    """A read where the simulator sees the leader, or at any node that believes it leads (possibly one
+    deposed without knowing it: the interesting case), or now and then anywhere (to be refused)."""
+    latest = max(cluster.configs)
+    believed = cluster.leader(latest)
+    leading = [p for p in alive if _newest_core(cluster, p).is_accepting_leader()]
+    roll = rng.random()
+    if roll < 0.5 and believed is not None:
+        cluster.read(believed, latest)
+    elif roll < 0.9 and leading:
+        cluster.read(rng.choice(leading))
+    else:
+        cluster.read(rng.choice(alive))
+
+
+def _newest_core(cluster: SimCluster, pid: int):
+    node = cluster.nodes[pid]
+    return node.instances[node.latest_config()].sp
 
 
 def _partition(cluster: SimCluster, rng: random.Random) -> None:
@@ -160,11 +186,30 @@ def _check_liveness(cluster: SimCluster, rng: random.Random, seed: int) -> None:
     for _ in range(LIVENESS_ROUNDS * cluster.election_ticks):
         cluster.step()
         if _converged(cluster, latest, probes):
+            _check_reads_answered(cluster, latest)
             return
     lagging = {p: cluster.decided_len(p, latest) for p in members}
     raise Violation(f"liveness: probes not decided everywhere within {LIVENESS_ROUNDS} election timeouts "
                     f"after healing (config {latest}, applied lengths {lagging}, "
                     f"chosen {len(cluster.checker.chosen.get(latest, []))})")
+
+
+def _check_reads_answered(cluster: SimCluster, latest: int) -> None:
+    """A healed cluster confirms a read at its leader and answers every read still pending."""
+    checker, leader = cluster.checker, cluster.leader(latest)
+    token = cluster.read(leader, latest) if leader is not None else None
+    if token is None:
+        raise Violation(f"liveness: no leader of config {latest} takes a read after healing (leader {leader})")
+    for _ in range(READ_ROUNDS * cluster.election_ticks):
+        if not checker.unanswered_reads():
+            break
+        cluster.step()
+    if checker.unanswered_reads():
+        raise Violation(f"liveness: reads {checker.unanswered_reads()[:10]} neither confirmed nor failed "
+                        f"{READ_ROUNDS} election timeouts after healing")
+    if checker.read_outcome[token] != "confirmed":
+        raise Violation(f"liveness: read {token} at the leader {leader} of a healed cluster was "
+                        f"{checker.read_outcome[token]}")
 
 
 def _converged(cluster: SimCluster, latest: int, probes: list) -> bool:

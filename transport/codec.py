@@ -5,7 +5,8 @@ frame a peer sends, then routes the result by `is_ble` to the BLE or the Sequenc
 flat msgpack array ``[VERSION, tag, src, dst, config_id, field...]`` with a small integer tag per message
 type; nested values are arrays too: Ballot ``[n, priority, pid]``, SequenceNumber ``[session, counter]``,
 StopSign ``[config_id, [node...], metadata]``, SnapshotSync ``[kind, data, from_idx]`` (kind a small int),
-LogSync ``[sync_idx, [entry...], snapshot|nil, stopsign|nil]``, AcceptSync.base ``[ballot, idx]``.
+LogSync ``[sync_idx, [entry...], snapshot|nil, stopsign|nil]``, AcceptSync.base ``[ballot, idx]``. The read
+confirmation messages are ReadProbe (tag 15) and ReadAck (tag 16), both ``[..., ballot, round]``.
 
 Rules. Nonsense from the network is refused with `CodecError` and nothing else (the transport counts such
 frames and drops them): frames above ``max_frame`` are refused before unpacking, the unpacker's length limits
@@ -26,7 +27,7 @@ from msgpack import packb as _packb, unpackb as _unpackb
 from omni.paxos.messages import (
     BLE_MESSAGES, AcceptDecide, Accepted, AcceptStopSign, AcceptSync, Ballot, Compaction, Decide, Envelope,
     ForwardStopSign, HeartbeatReply, HeartbeatRequest, LogSync, NotAccepted, Prepare, PrepareReq, Promise,
-    ProposalForward, SequenceNumber, SnapshotSync, StopSign,
+    ProposalForward, ReadAck, ReadProbe, SequenceNumber, SnapshotSync, StopSign,
 )
 
 __all__ = ["MAX_FRAME", "VERSION", "CodecError", "decode", "encode", "is_ble"]
@@ -92,6 +93,8 @@ _ENCODERS = {  # type -> (tag, fields of the message in wire order)
     Compaction: (12, lambda m: (_COMPACTION_TAGS[m.kind], m.idx)),
     AcceptStopSign: (13, lambda m: (_b(m.n), _s(m.seq), _ss(m.ss))),
     ForwardStopSign: (14, lambda m: (_ss(m.ss),)),
+    ReadProbe: (15, lambda m: (_b(m.n), m.round)),
+    ReadAck: (16, lambda m: (_b(m.n), m.round)),
 }
 
 
@@ -221,6 +224,8 @@ _DECODERS = {  # tag -> (number of fields, constructor from the whole frame)
     12: (2, _compaction),
     13: (3, lambda f: AcceptStopSign(_ballot(f[5]), _seq(f[6]), _stopsign(f[7]))),
     14: (1, lambda f: ForwardStopSign(_stopsign(f[5]))),
+    15: (2, lambda f: ReadProbe(_ballot(f[5]), _nat(f[6]))),
+    16: (2, lambda f: ReadAck(_ballot(f[5]), _nat(f[6]))),
 }
 assert {tag for tag, _ in _ENCODERS.values()} == set(_DECODERS)
 

@@ -2,7 +2,8 @@
 
 Each `pump` round takes every node's Ready, persists its writes to that node's MemoryStorage, then delivers
 its messages in FIFO order; `block` lets a test lose chosen messages. No BLE: tests elect leaders directly
-with `lead`, so each test states exactly which ballots exist.
+with `lead`, so each test states exactly which ballots exist. Confirmed and failed reads are collected per
+node in `reads` and `failed_reads`; `tick` advances every live node's logical time.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class Net:
         self.disks = {p: MemoryStorage() for p in self.pids}
         self.nodes = {p: SequencePaxos(PaxosConfig(p, self.pids, **config)) for p in self.pids}
         self.applied = {p: [] for p in self.pids}
+        self.reads = {p: [] for p in self.pids}  # (token, idx) confirmed at that node
+        self.failed_reads = {p: [] for p in self.pids}
         self.down: set[int] = set()
         self.block = lambda env: False
         self.delivered: list = []
@@ -28,6 +31,13 @@ class Net:
     def propose(self, pid: int, *entries) -> None:
         self.nodes[pid].propose(list(entries))
         self.pump()
+
+    def tick(self, ticks: int = 1) -> None:
+        for _ in range(ticks):
+            for pid, sp in self.nodes.items():
+                if pid not in self.down:
+                    sp.tick()
+            self.pump()
 
     def crash_and_restart(self, pid: int) -> None:
         self.nodes[pid] = SequencePaxos(PaxosConfig(pid, self.pids, **self.config), self.disks[pid].load(),
@@ -42,6 +52,8 @@ class Net:
                     continue
                 ready = sp.take_ready()
                 self.disks[pid].write(ready.writes)
+                self.reads[pid] += ready.reads
+                self.failed_reads[pid] += ready.failed_reads
                 inbox += ready.early + ready.messages
                 for item in ready.decided:
                     self._apply(pid, item)

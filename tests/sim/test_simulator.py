@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from omni.paxos import sequence_paxos
+from omni.paxos import reads, sequence_paxos
 from omni.sim.checker import Checker, Violation
 from omni.paxos import DecidedEntries
 from omni.sim.fuzz import run_seed
@@ -34,6 +34,45 @@ def test_simulator_catches_a_core_that_decides_without_a_quorum(monkeypatch):
     failures = [r for r in (run_seed(s, 3) for s in range(30)) if not r.ok]
     assert failures, "a core deciding without a quorum must be caught"
     assert "decided" in failures[0].violation
+
+
+def test_simulator_catches_a_leader_that_confirms_reads_without_a_quorum(monkeypatch):
+    monkeypatch.setattr(reads.ReadIndexMixin, "_read_round_confirmed", lambda self, rs: True)  # planted bug
+    failures = [r for r in (run_seed(s, 3) for s in range(80)) if not r.ok]
+    assert failures, "a deposed leader confirming reads on its own must be caught"
+    assert "would miss decided writes" in failures[0].violation
+
+
+def test_simulator_catches_reads_that_are_never_answered(monkeypatch):
+    monkeypatch.setattr(reads.ReadIndexMixin, "_check_reads", lambda self: None)  # planted bug: never fail
+    result = run_seed(0, 3)
+    assert not result.ok and "neither confirmed nor failed" in result.violation
+
+
+def test_checker_rejects_stale_repeated_and_contradictory_read_answers():
+    checker = Checker()
+    checker.read_registered(1, 1, "r1", decided_anywhere=5)
+    with pytest.raises(Violation, match="would miss decided writes"):
+        checker.read_confirmed(1, 1, "r1", 4)
+    checker.read_registered(1, 1, "r2", decided_anywhere=5)
+    checker.read_confirmed(1, 1, "r2", 5)
+    with pytest.raises(Violation, match="already confirmed"):
+        checker.read_confirmed(1, 1, "r2", 5)
+    with pytest.raises(Violation, match="already confirmed"):
+        checker.read_failed(1, 1, "r2")
+    checker.read_registered(2, 1, "r3", decided_anywhere=0)
+    checker.read_failed(2, 1, "r3")
+    with pytest.raises(Violation, match="already failed"):
+        checker.read_confirmed(2, 1, "r3", 9)
+    with pytest.raises(Violation, match="never registered"):
+        checker.read_confirmed(1, 1, "r9", 9)
+    checker.read_registered(2, 1, "r4", decided_anywhere=0)
+    with pytest.raises(Violation, match="registered at node 2"):
+        checker.read_confirmed(3, 1, "r4", 0)
+    checker.reads_lost(2)
+    assert checker.unanswered_reads() == []
+    with pytest.raises(Violation, match="already lost"):
+        checker.read_confirmed(2, 1, "r4", 0)
 
 
 def test_checker_rejects_disagreement_rewrite_and_unproposed_entries():

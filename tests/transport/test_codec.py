@@ -10,7 +10,7 @@ from omni.paxos import MemoryStorage, PaxosConfig, SequencePaxos
 from omni.paxos.messages import (
     BLE_MESSAGES, SP_MESSAGES, AcceptDecide, Accepted, AcceptStopSign, AcceptSync, Ballot, Compaction, Decide,
     Envelope, ForwardStopSign, HeartbeatReply, HeartbeatRequest, LogSync, NotAccepted, Prepare, PrepareReq,
-    Promise, ProposalForward, SequenceNumber, SnapshotSync, StopSign,
+    Promise, ProposalForward, ReadAck, ReadProbe, SequenceNumber, SnapshotSync, StopSign,
 )
 from omni.transport import codec
 from omni.transport.codec import CodecError, decode, encode, is_ble
@@ -44,6 +44,7 @@ EXAMPLES = [env(m) for m in (
     Compaction("trim", 10), Compaction("snapshot", 0),
     AcceptStopSign(B, SEQ, StopSign(2, (1, 2, 3))),
     ForwardStopSign(StopSign(9, (1,), {"m": b"x"})), ForwardStopSign(StopSign(MAX, (MAX, 1), NESTED)),
+    ReadProbe(B, 1), ReadProbe(Ballot(MAX, MAX, MAX), MAX), ReadAck(B, 0), ReadAck(Z, MAX),
 )] + [Envelope(MAX, MAX, MAX, Accepted(B, 1))]
 
 
@@ -137,7 +138,7 @@ def test_wire_tags_are_stable():
     assert tags == {name: (1, tag) for tag, name in enumerate((
         "HeartbeatRequest", "HeartbeatReply", "PrepareReq", "Prepare", "Promise", "AcceptSync", "AcceptDecide",
         "Accepted", "NotAccepted", "Decide", "ProposalForward", "Compaction", "AcceptStopSign",
-        "ForwardStopSign"), start=1)}
+        "ForwardStopSign", "ReadProbe", "ReadAck"), start=1)}
 
 
 class TupleSnapshotter:
@@ -154,7 +155,7 @@ def test_a_cluster_talking_only_through_the_codec_decides_the_same_log():
     def cfg(p):
         return PaxosConfig(p, pids, snapshotter=TupleSnapshotter())
 
-    nodes, down, seen = {p: SequencePaxos(cfg(p)) for p in pids}, set(), set()
+    nodes, down, seen, confirmed = {p: SequencePaxos(cfg(p)) for p in pids}, set(), set(), []
 
     def pump():
         for _ in range(50):
@@ -162,6 +163,7 @@ def test_a_cluster_talking_only_through_the_codec_decides_the_same_log():
             for p, sp in nodes.items():
                 ready = sp.take_ready()
                 disks[p].write(ready.writes)
+                confirmed.extend(ready.reads)
                 inbox += [m for m in ready.early + ready.messages if p not in down and m.dst not in down]
             for e in inbox:
                 got = decode(encode(e))
@@ -181,6 +183,9 @@ def test_a_cluster_talking_only_through_the_codec_decides_the_same_log():
     pump()
     nodes[3].snapshot()
     pump()
+    nodes[3].read(7)
+    pump()
+    assert confirmed == [(7, 12)]  # every entry decided so far
     down.discard(2)
     nodes[2] = SequencePaxos(cfg(2), disks[2].load(), incarnation=1)
     pump()
@@ -193,7 +198,7 @@ def test_a_cluster_talking_only_through_the_codec_decides_the_same_log():
     assert {n.decided_idx for n in nodes.values()} == {13}
     assert {n.decided_stopsign() for n in nodes.values()} == {StopSign(2, (1, 2, 3, 4))}
     assert {Prepare, Promise, AcceptSync, AcceptDecide, Accepted, Decide, ProposalForward, Compaction,
-            PrepareReq, AcceptStopSign, ForwardStopSign} <= seen
+            PrepareReq, AcceptStopSign, ForwardStopSign, ReadProbe, ReadAck} <= seen
 
 
 # ---- refusals ------------------------------------------------------------------------------------------
@@ -202,6 +207,7 @@ HB, ACC = env(HeartbeatRequest(3)), env(Accepted(B, 5))
 SYNC = EXAMPLES[12]  # AcceptSync with a delta snapshot and a StopSign
 FWD = env(ProposalForward(("x",), (1, 2)))
 HB_REPLY, COMPACT = env(HeartbeatReply(1, B, B, True)), env(Compaction("trim", 1))
+PROBE, ACK = env(ReadProbe(B, 4)), env(ReadAck(B, 4))
 
 BAD = {  # name -> (valid envelope, path in its frame, replacement)
     "version bool": (HB, (0,), True), "version 2": (HB, (0,), 2), "version str": (HB, (0,), "1"),
@@ -223,6 +229,13 @@ BAD = {  # name -> (valid envelope, path in its frame, replacement)
     "log_sync None": (SYNC, (8,), None), "suffix None": (SYNC, (8, 1), None),
     "missing field": (ACC, (), (1, 8, 1, 2, 1, (1, 0, 1))), "extra field": (HB, (), (1, 1, 1, 2, 1, 3, 4)),
     "not an array": (HB, (), {"v": 1}), "short header": (HB, (), (1, 1, 1)), "scalar": (HB, (), 1),
+    "probe round negative": (PROBE, (6,), -1), "probe round str": (PROBE, (6,), "4"),
+    "probe round bool": (PROBE, (6,), True), "probe round None": (PROBE, (6,), None),
+    "probe ballot short": (PROBE, (5,), (3, 1)), "probe ballot str": (PROBE, (5, 0), "3"),
+    "probe extra field": (PROBE, (), raw(PROBE) + (0,)), "probe missing round": (PROBE, (), raw(PROBE)[:6]),
+    "ack round float": (ACK, (6,), 4.0), "ack round huge array": (ACK, (6,), (4,)),
+    "ack ballot bool": (ACK, (5, 0), True), "ack ballot None": (ACK, (5,), None),
+    "ack missing round": (ACK, (), raw(ACK)[:6]),
 }
 
 
@@ -314,7 +327,8 @@ def envelopes(values):
         st.builds(NotAccepted, ballots), st.builds(Decide, ballots, seqs, nats),
         st.builds(ProposalForward, entries, st.tuples(nats, nats)),
         st.builds(Compaction, st.sampled_from(("trim", "snapshot")), nats),
-        st.builds(AcceptStopSign, ballots, seqs, stopsigns), st.builds(ForwardStopSign, stopsigns))
+        st.builds(AcceptStopSign, ballots, seqs, stopsigns), st.builds(ForwardStopSign, stopsigns),
+        st.builds(ReadProbe, ballots, nats), st.builds(ReadAck, ballots, nats))
     return st.builds(Envelope, ids, ids, ids, msgs)
 
 
