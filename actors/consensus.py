@@ -5,9 +5,11 @@ ballots, reconnects) and drains the core's `Ready` only when its mailbox is empt
 proposals are folded into one batch (one AcceptDecide per follower, one storage transaction), and when the
 node is idle each proposal goes out at once. The Ready's early messages (replication traffic that vouches
 for nothing on this disk) are sent at once; the rest goes to the Storage actor, which alone may release
-its messages and decisions (after fsync). `BleActor` runs Ballot Leader Election on its own thread, so
-heartbeats are answered promptly however busy replication is; heartbeats need no persistence and go
-straight to the transport.
+its messages and decisions (after fsync). Linearizable reads (`LinearizableReads`) are registered with the
+core, which confirms them with a quorum round (paxos/reads.py); a confirmed read goes to the Applier with the
+index it must wait for, a refused or failed one back to the gateway as UNAVAILABLE. `BleActor` runs
+Ballot Leader Election on its own thread, so heartbeats are answered promptly however busy replication is;
+heartbeats need no persistence and go straight to the transport.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import logging
 from omni.paxos import BallotLeaderElection, CompactionError, ProposalRejected, SequencePaxos
 
 from .messages import (
-    CompactLog, Inbound, LeadWith, NodeStatus, Persist, PromiseChanged, Propose, Reconfigure, Reconnected, Reply,
-    SwitchConfig, SwitchLog, Tick,
+    CompactLog, Inbound, LeadWith, LinearizableReads, NodeStatus, Persist, PromiseChanged, Propose, Query,
+    Reconfigure, Reconnected, Reply, SwitchConfig, SwitchLog, Tick,
 )
 from .supervision import SupervisedActor
 
@@ -35,6 +37,7 @@ class SequencePaxosActor(SupervisedActor):
         self._status = None
         self._promise = None
         self._since_drain = 0
+        self._reads: dict[int, dict] = {}  # linearizable reads the core is confirming: request number -> request
 
     def on_receive(self, message):
         if isinstance(message, SwitchConfig):
@@ -42,6 +45,9 @@ class SequencePaxosActor(SupervisedActor):
         elif self.core is None:
             if isinstance(message, Propose):
                 self._reject(message.entries, "NOT_MEMBER", f"node {self.node.pid} is no longer a member")
+            elif isinstance(message, LinearizableReads):
+                for req, _ in message.reads:
+                    self._unavailable(req, "NOT_MEMBER", f"node {self.node.pid} is no longer a member")
             return
         else:
             self._handle(message)
@@ -58,6 +64,9 @@ class SequencePaxosActor(SupervisedActor):
             core.handle(message.env)
         elif isinstance(message, Propose):
             self._propose(message.entries)
+        elif isinstance(message, LinearizableReads):
+            for req, request in message.reads:
+                self._read(req, request)
         elif isinstance(message, Tick):
             core.tick()
         elif isinstance(message, LeadWith):
@@ -75,6 +84,9 @@ class SequencePaxosActor(SupervisedActor):
         """The configuration ended (its StopSign is decided and applied here): run the next one, or none."""
         if self.core is not None:
             self._drain()  # what the old core still has goes to the old log
+        for req in self._reads:  # the old core's unconfirmed reads die with it
+            self._unavailable(req, "UNAVAILABLE", "the configuration changed; retry")
+        self._reads.clear()
         if message.store is not None:
             self.node.storage.tell(SwitchLog(message.store))
         self.core, self.base = message.core, message.base
@@ -87,6 +99,16 @@ class SequencePaxosActor(SupervisedActor):
             self.core.propose(entries)
         except ProposalRejected as exc:
             self._reject(entries, "UNAVAILABLE", f"{exc}; retry shortly")
+
+    def _read(self, req: int, request: dict) -> None:
+        try:
+            self.core.read(req)
+        except ProposalRejected as exc:  # ReadRejected: not the leader in the Accept phase (any more)
+            return self._unavailable(req, "UNAVAILABLE", f"{exc}; retry shortly")
+        self._reads[req] = request
+
+    def _unavailable(self, req: int, code: str, message: str) -> None:
+        self.node.gateway.tell(Reply(req, False, code=code, message=message))
 
     def _reject(self, entries, code: str, message: str) -> None:
         for entry in entries:
@@ -114,7 +136,19 @@ class SequencePaxosActor(SupervisedActor):
             self.node.outbox.send_core(env)
         if ready.writes or ready.messages or ready.decided:
             self.node.storage.tell(Persist(ready, self.base))
+        self._release_reads(ready)
         self._publish()
+
+    def _release_reads(self, ready) -> None:
+        """Confirmed reads go to the Applier, which answers once it has applied their index (it only applies
+        decided entries, in order); reads the core could not confirm are refused with a retryable error."""
+        for req, idx in ready.reads:
+            request = self._reads.pop(req, None)
+            if request is not None:
+                self.node.applier.tell(Query(req, request, min_applied=self.base + idx))
+        for req in ready.failed_reads:
+            if self._reads.pop(req, None) is not None:
+                self._unavailable(req, "UNAVAILABLE", f"node {self.node.pid} lost the leadership; retry")
 
     def _publish(self) -> None:
         core = self.core

@@ -5,8 +5,9 @@ TOO_LARGE) and the gateway moves on. Valid requests are routed:
 - ``ping`` and ``status`` are answered at once;
 - writes become log entries proposed through SequencePaxos; this node answers once its own Applier has
   applied the entry (so any node serves any client, no redirects);
-- reads by consistency: ``linearizable`` (default) goes through the log as a read entry; ``leader`` is
-  served from the leader's state (forwarded to the leader when this node is not it); ``local`` is served
+- reads by consistency: ``linearizable`` (default) is confirmed by the leader with one round to a quorum
+  (ReadIndex, see paxos/reads.py; a follower forwards it to the leader) and answered from the leader's
+  state once that has applied the read's index; ``leader`` is served from the leader's state (forwarded to the leader when this node is not it); ``local`` is served
   from this node's state at once and may be stale (the Applier answers the client itself).
 A request that is not answered within its timeout gets TIMEOUT, an indefinite outcome: the write may
 still be applied later, which a retry with the same ``client`` and ``seq`` resolves safely.
@@ -25,7 +26,7 @@ from omni.statemachines import StateMachine, StateMachineError
 
 from .membership import Member, plan_change, public_endpoint, to_metadata
 from .messages import (
-    ClientFrame, ClientFrames, ConfigChanged, LocalQuery, NodeStatus, PeerReply, PeerRequest, Propose, Query, Reconfigure,
+    ClientFrame, ClientFrames, ConfigChanged, LinearizableReads, LocalQuery, NodeStatus, PeerReply, PeerRequest, Propose, Query, Reconfigure,
     Replies, Reply, Tick,
 )
 from .supervision import SupervisedActor
@@ -75,6 +76,7 @@ class GatewayActor(SupervisedActor):
         # Entries to propose, folded into one Propose per mailbox drain (adaptive batching, as the
         # SequencePaxos actor does): under load one message carries many entries; idle, each goes at once.
         self.proposals: list = []
+        self.reads: list = []  # linearizable reads for the leader's core, told after the proposals
         self.reconfigs: dict[int, tuple] = {}  # request number -> (configuration id, member ids) it waits for
         # Replies encoded while handling one message, handed to the transport in one go (see send_clients).
         self.outgoing: list = []
@@ -89,12 +91,12 @@ class GatewayActor(SupervisedActor):
         if isinstance(message, (ClientFrame, ClientFrames)):
             for frame in (message,) if isinstance(message, ClientFrame) else message.frames:
                 self._on_frame(frame)
-                if len(self.proposals) >= MAX_PROPOSE_BATCH:
+                if len(self.proposals) + len(self.reads) >= MAX_PROPOSE_BATCH:
                     self._flush_proposals()
-            if self.proposals and self.actor_inbox.empty():
+            if (self.proposals or self.reads) and self.actor_inbox.empty():
                 self._flush_proposals()
             return
-        if self.proposals:  # anything else first lets the entries gathered so far go, in order
+        if self.proposals or self.reads:  # anything else first lets what was gathered so far go, in order
             self._flush_proposals()
         if isinstance(message, Reply):
             self._finish_reply(message)
@@ -158,11 +160,17 @@ class GatewayActor(SupervisedActor):
         elif consistency == "leader":
             self._leader_read(req, body)
         else:
-            self.proposals.append({"q": body, "o": self.node.pid, "i": self.node.incarnation, "r": req})
+            self._linearizable_read(req, body)
 
     def _flush_proposals(self) -> None:
-        entries, self.proposals = tuple(self.proposals), []
-        self.node.sequence_paxos.tell(Propose(entries))
+        """Hand over the gathered writes, then the gathered reads: a read's index then covers every write that
+        arrived before it (and maybe some that arrived after it, which are concurrent with it anyway)."""
+        if self.proposals:
+            entries, self.proposals = tuple(self.proposals), []
+            self.node.sequence_paxos.tell(Propose(entries))
+        if self.reads:
+            reads, self.reads = tuple(self.reads), []
+            self.node.sequence_paxos.tell(LinearizableReads(reads))
 
     def _track(self, route: tuple, rid, timeout: float, peer: Optional[tuple] = None) -> int:
         self.next_req += 1
@@ -170,6 +178,15 @@ class GatewayActor(SupervisedActor):
         self.pending[self.next_req] = Pending(deadline, route, rid, peer)
         heapq.heappush(self.deadlines, (deadline, self.next_req))
         return self.next_req
+
+    def _linearizable_read(self, req: int, body: dict) -> None:
+        """The leader confirms it still leads (one round to a quorum, no log entry, no fsync) and answers from
+        its state once that has caught up with its log; a follower forwards the read to the leader."""
+        leader = self.status.leader
+        if leader != self.node.pid:
+            request = {**body, "consistency": "linearizable"}
+            return self.node.outbox.send_node(leader, PeerRequest(self.node.pid, req, request))
+        self.reads.append((req, body))
 
     def _leader_read(self, req: int, body: dict) -> None:
         status = self.status
@@ -182,12 +199,20 @@ class GatewayActor(SupervisedActor):
 
     def _serve_forwarded_read(self, msg: PeerRequest) -> None:
         status = self.status
+        request = dict(msg.request)
+        if request.pop("consistency", None) == "linearizable":
+            if status is None or status.leader != self.node.pid:
+                reply = _error("UNAVAILABLE", f"node {self.node.pid} is not the leader", None)
+                return self.node.outbox.send_node(msg.origin, PeerReply(msg.req, reply))
+            req = self._track((), None, DEFAULT_TIMEOUT, peer=(msg.origin, msg.req))
+            self._linearizable_read(req, request)
+            return self._flush_proposals()  # nothing else gathers it: this is not a client frame
         if status is None or not status.accepting:
             reply = _error("UNAVAILABLE", f"node {self.node.pid} is not the leader", None)
             self.node.outbox.send_node(msg.origin, PeerReply(msg.req, reply))
             return
         req = self._track((), None, DEFAULT_TIMEOUT, peer=(msg.origin, msg.req))
-        self.node.applier.tell(Query(req, msg.request, min_applied=status.decided_idx))
+        self.node.applier.tell(Query(req, request, min_applied=status.decided_idx))
 
     # ---- membership ----------------------------------------------------------------------------------
 
@@ -212,7 +237,7 @@ class GatewayActor(SupervisedActor):
         _, _, _, timeout = _envelope(request)
         req = self._track(route, rid, timeout)
         self.reconfigs[req] = (current.config_id + 1, frozenset(members))
-        if self.proposals:  # requests that arrived before this one are proposed before it (arrival order)
+        if self.proposals or self.reads:  # requests that arrived before this one go first (arrival order)
             self._flush_proposals()
         self.node.sequence_paxos.tell(Reconfigure(req, tuple(sorted(members)), to_metadata(members),
                                                   current.config_id + 1))

@@ -56,6 +56,14 @@ class Propose:
 
 
 @dataclass(frozen=True)
+class LinearizableReads:
+    """ClientGateway to SequencePaxos, at the leader: ``(req, request)`` reads to confirm with a quorum
+    (ReadIndex) before the Applier answers them from its state; folded per mailbox drain like Propose."""
+
+    reads: tuple
+
+
+@dataclass(frozen=True)
 class Persist:
     """SequencePaxos to Storage: a Ready batch to make durable, then release (send, apply).
 

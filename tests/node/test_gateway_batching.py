@@ -5,7 +5,9 @@ from __future__ import annotations
 import msgpack
 
 from omni.actors.gateway import MAX_PROPOSE_BATCH, GatewayActor
-from omni.actors.messages import ClientFrame, LocalQuery, NodeStatus, Propose, Reply, Tick
+from omni.actors.messages import (
+    ClientFrame, ClientFrames, LinearizableReads, LocalQuery, NodeStatus, Propose, Reply, Tick,
+)
 from omni.paxos import Ballot
 from omni.statemachines.kv import KVStateMachine
 
@@ -20,10 +22,13 @@ class Recorder:
 
 class Outbox:
     def __init__(self):
-        self.sent = []
+        self.sent, self.node_messages = [], []
 
     def send_client(self, route, body):
         self.sent.append((route, msgpack.unpackb(body, raw=False)))
+
+    def send_node(self, dst, message):
+        self.node_messages.append((dst, message))
 
     def send_clients(self, replies):
         for route, body in replies:
@@ -98,3 +103,23 @@ def test_a_local_read_goes_to_the_applier_with_its_route_and_is_not_tracked():
     assert isinstance(query, LocalQuery) and query.route == (b"c1",) and query.rid == 9
     assert query.request == {"op": "get", "key": "k"}
     assert gw.pending == {} and proposals(node) == [] and node.outbox.sent == []
+
+
+def test_linearizable_reads_go_to_the_leader_core_after_the_writes_that_arrived_before_them():
+    node, gw = gateway()
+    get = msgpack.packb({"op": "get", "key": "k1", "id": 100})
+    gw.on_receive(ClientFrames((put_frame(1), ClientFrame((b"r",), get), put_frame(2))))
+    propose, reads = node.sequence_paxos.told
+    assert isinstance(propose, Propose) and [e["w"]["key"] for e in propose.entries] == ["k1", "k2"]
+    assert isinstance(reads, LinearizableReads) and [r[1] for r in reads.reads] == [{"op": "get", "key": "k1"}]
+    assert reads.reads[0][0] in gw.pending  # answered when the Applier has applied the confirmed index
+
+
+def test_a_follower_forwards_a_linearizable_read_to_the_leader():
+    node, gw = gateway()
+    gw.on_receive(NodeStatus(leader=2, role="follower", ballot=Ballot(2, 0, 2), decided_idx=0, config_id=1,
+                             members=(1, 2, 3)))
+    gw.on_receive(ClientFrame((b"r",), msgpack.packb({"op": "get", "key": "k", "id": 1})))
+    ((dst, request),) = node.outbox.node_messages
+    assert dst == 2 and request.request == {"op": "get", "key": "k", "consistency": "linearizable"}
+    assert node.sequence_paxos.told == []
