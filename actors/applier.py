@@ -31,7 +31,7 @@ from omni.paxos import DecidedEntries, DecidedSnapshot, StopSign
 from omni.statemachines import StateMachine, StateMachineError
 from omni.statemachines.base import SESSION_CLIENTS, SESSION_SEQS, session_too_old
 
-from .messages import Apply, CompactLog, LocalQuery, PeerReply, PeerRequest, Query, Replies, Reply, Tick
+from .messages import Apply, CompactLog, LocalQuery, PeerReply, PeerRequest, Queries, Query, Replies, Reply, Tick
 from .snapshots import Snapshot, SnapshotError, SnapshotFetch, SnapshotStore, decode, encode_payload, serve
 from .supervision import SupervisedActor
 
@@ -135,10 +135,10 @@ class ApplierActor(SupervisedActor):
             reply = Reply(0, *self._run(lambda: self.sm.query(message.request))).to_client(message.rid)
             self.node.outbox.send_client(message.route, self._pack(reply))
         elif isinstance(message, Query):
-            if message.min_applied <= self.applied:
-                self._answer(message)
-            else:
-                self.waiting.append(message)
+            self._query(message)
+        elif isinstance(message, Queries):
+            for query in message.queries:
+                self._query(query)
         elif isinstance(message, Tick):
             if self.fetch is not None and self.fetch.on_tick():
                 self._request_chunk()
@@ -340,6 +340,12 @@ class ApplierActor(SupervisedActor):
             return (False, None, exc.code, exc.message)
         except INPUT_ERRORS as exc:
             return (False, None, "BAD_REQUEST", f"cannot apply this request: {type(exc).__name__}: {exc}"[:500])
+
+    def _query(self, query: Query) -> None:
+        if query.min_applied <= self.applied:
+            self._answer(query)
+        else:
+            self.waiting.append(query)
 
     def _answer(self, query: Query) -> None:
         self._replies.append(Reply(query.req, *self._run(lambda: self.sm.query(query.request))))

@@ -19,7 +19,7 @@ import logging
 from omni.paxos import BallotLeaderElection, CompactionError, ProposalRejected, SequencePaxos
 
 from .messages import (
-    CompactLog, Inbound, LeadWith, LinearizableReads, NodeStatus, Persist, PromiseChanged, Propose, Query,
+    CompactLog, Inbound, LeadWith, LinearizableReads, NodeStatus, Persist, PromiseChanged, Propose, Queries, Query,
     Reconfigure, Reconnected, Reply, SwitchConfig, SwitchLog, Tick,
 )
 from .supervision import SupervisedActor
@@ -142,10 +142,13 @@ class SequencePaxosActor(SupervisedActor):
     def _release_reads(self, ready) -> None:
         """Confirmed reads go to the Applier, which answers once it has applied their index (it only applies
         decided entries, in order); reads the core could not confirm are refused with a retryable error."""
+        confirmed = []
         for req, idx in ready.reads:
             request = self._reads.pop(req, None)
             if request is not None:
-                self.node.applier.tell(Query(req, request, min_applied=self.base + idx))
+                confirmed.append(Query(req, request, min_applied=self.base + idx))
+        if confirmed:
+            self.node.applier.tell(Queries(tuple(confirmed)))
         for req in ready.failed_reads:
             if self._reads.pop(req, None) is not None:
                 self._unavailable(req, "UNAVAILABLE", f"node {self.node.pid} lost the leadership; retry")

@@ -145,6 +145,13 @@ class LocalQuery:
     request: dict
 
 
+@dataclass(frozen=True)
+class Queries:
+    """SequencePaxos to Applier: the linearizable reads one Ready confirmed (`Query` each), in one tell."""
+
+    queries: tuple
+
+
 class Reply(NamedTuple):
     """Applier (or a peer, via the transport) to ClientGateway: the outcome of request ``req``."""
 

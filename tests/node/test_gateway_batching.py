@@ -123,3 +123,21 @@ def test_a_follower_forwards_a_linearizable_read_to_the_leader():
     ((dst, request),) = node.outbox.node_messages
     assert dst == 2 and request.request == {"op": "get", "key": "k", "consistency": "linearizable"}
     assert node.sequence_paxos.told == []
+
+
+def test_an_unanswered_request_gets_timeout_after_its_ticks_and_an_answered_one_never_does():
+    node, gw = gateway()  # 10 ms ticks
+    for i, timeout in ((1, 0.05), (2, 0.05)):
+        body = msgpack.packb({"op": "put", "key": f"k{i}", "value": i, "id": i, "timeout": timeout})
+        gw.on_receive(ClientFrame((b"c%d" % i,), body))
+    (first, second) = [e["r"] for p in proposals(node) for e in p.entries]
+    gw.on_receive(Reply(second, True, {"revision": 1}))
+    for _ in range(4):
+        gw.on_receive(Tick())
+    assert [reply["id"] for _, reply in node.outbox.sent] == [2]  # only the answer so far
+    gw.on_receive(Tick())
+    assert [(reply["id"], reply.get("error", {}).get("code")) for _, reply in node.outbox.sent] == \
+        [(2, None), (1, "TIMEOUT")]
+    for _ in range(600):
+        gw.on_receive(Tick())
+    assert len(node.outbox.sent) == 2 and gw.pending == {} and gw.deadlines == {}
