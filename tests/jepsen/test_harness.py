@@ -4,10 +4,13 @@
    heal the old leader follows the new one.
 2. A short torture run with a kill, a pause and a partition: faults were really injected, the history is
    linearizable, no acknowledged write was lost, the cluster recovered and every node stayed up.
+3. A leader cut off from the others, which may still believe it leads, never answers a linearizable read
+   with a value the new majority has overwritten (its ReadIndex round cannot reach a quorum).
 """
 import random
 import time
 
+from omni.client import Client, OmniError
 from omni.jepsen import nemesis as nem
 from omni.jepsen.cluster import Cluster
 from omni.jepsen.netfilter import Firewall
@@ -58,3 +61,34 @@ def test_short_torture_run_finds_no_anomaly(tmp_path):
     assert report.final_errors == [] and report.crashes == [], summary
     assert len(report.history.ops) > 100, summary
     assert "anomalies=0" in summary and "acknowledged writes lost=0" in summary
+
+
+def test_isolated_old_leader_never_answers_a_stale_linearizable_read(tmp_path):
+    with Firewall() as fw, Cluster(tmp_path, 3) as cluster:
+        cluster.start()
+        old = cluster.leader()
+        with cluster.client() as c:
+            c.put("k", "before")
+        nemesis = nem.Nemesis(cluster, fw, random.Random(1))
+        fault = nemesis.partition(nem.isolate_leader(cluster.pids, old, random.Random(1)))
+        majority = [cluster.endpoint(p) for p in cluster.pids if p != old]
+        with Client(majority, timeout=1.0, retries=None, deadline=60.0) as c:
+            c.put("k", "after")  # the majority elects a new leader and decides it
+        answers = []
+        with Client([cluster.endpoint(old)], timeout=2.0, retries=0) as lone:
+            for _ in range(3):
+                try:
+                    answers.append(lone.get("k")["value"])
+                except OmniError as exc:
+                    answers.append(exc.code)
+        assert "before" not in answers, (answers, cluster.tail_logs())
+        nemesis.heal(fault)
+
+        def old_node_reads_the_new_value():
+            try:
+                with Client([cluster.endpoint(old)], timeout=1.0, retries=0) as again:
+                    return again.get("k")["value"] == "after"
+            except OmniError:
+                return False
+
+        assert _wait(old_node_reads_the_new_value), cluster.tail_logs()
