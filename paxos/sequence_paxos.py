@@ -1,9 +1,9 @@
 """Sequence Paxos: the replicated log, as a plain object fed messages, proposals and ticks.
 
 `SequencePaxos` is a deterministic state machine with no I/O, clock, thread or randomness. The host calls
-`handle(envelope)`, `tick()`, `propose(entries)`, `reconfigure(...)`, `trim(...)`, `snapshot(...)`,
-`reconnected(pid)` and `handle_leader(ballot)` (from Ballot Leader Election), then drains everything that
-resulted with `take_ready()`.
+`handle(envelope)`, `tick()`, `propose(entries)`, `read(token)` (a linearizable read, at the leader),
+`reconfigure(...)`, `trim(...)`, `snapshot(...)`, `reconnected(pid)` and `handle_leader(ballot)` (from
+Ballot Leader Election), then drains everything that resulted with `take_ready()`.
 
 The `Ready` batch is the durability contract (DESIGN.md section 3):
 1. persist ``ready.writes`` in order, each group all-or-nothing, and fsync;

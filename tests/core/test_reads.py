@@ -6,6 +6,8 @@ from omni.paxos import (
     Ready, SequencePaxos,
 )
 
+from omni.paxos.reads import GIVE_UP_RESENDS
+
 from .net import Net
 
 B1 = Ballot(1, 0, 3)
@@ -67,7 +69,7 @@ def test_read_index_covers_every_entry_decided_before_it():
     net.nodes[1].propose(["c"])  # accepted, never decided
     net.nodes[1].read(8)
     net.pump()
-    assert net.reads[1][-1] == (8, 3), "the index is the accepted length, undecided entries included"
+    assert net.reads[1][-1] == (8, 2), "an entry this leader has not decided completed no write: not waited for"
 
 
 def test_follower_does_not_ack_a_probe_of_another_ballot():
@@ -139,23 +141,52 @@ def test_lost_probe_is_resent_after_resend_ticks():
     assert net.reads[3] == [(1, 0)]
 
 
-def test_stale_round_ack_is_ignored():
+def test_an_ack_of_an_older_round_confirms_only_reads_registered_before_that_round():
     net = steady(resend_ticks=5)
     leader = net.nodes[3]
     acks = Held(net, ReadAck)
     leader.read(1)
     net.pump()
-    stale = list(acks.envs)
-    net.tick(5)  # round 1 timed out: round 2 covers the read
-    fresh = [e for e in acks.envs if e not in stale]
-    assert {e.msg.round for e in stale} == {1} and {e.msg.round for e in fresh} == {2}
-    acks.release(stale)
-    assert net.reads[3] == [] and leader.stats["dropped_stale_read_ack"] == 2
-    leader.handle(Envelope(1, 3, 1, ReadAck(Ballot(0, 9, 3), 2)))  # the right round of another ballot
+    round_1 = list(acks.envs)
+    net.tick(5)  # round 2: a resend, no new read
+    leader.read(2)  # registered after rounds 1 and 2 started
+    net.tick(5)  # round 3 carries read 2
+    later = [e for e in acks.envs if e not in round_1]
+    assert {e.msg.round for e in round_1} == {1} and {e.msg.round for e in later} == {2, 3}
+    acks.release(round_1)
+    assert net.reads[3] == [(1, 0)], "a round-1 ack speaks for read 1, registered before round 1"
+    acks.release([e for e in later if e.msg.round == 2])
+    assert net.reads[3] == [(1, 0)], "round 2 started before read 2 was registered: it cannot confirm it"
+    leader.handle(Envelope(1, 3, 1, ReadAck(Ballot(0, 9, 3), 3)))  # the right round of another ballot
     net.pump()
-    assert net.reads[3] == []
-    acks.release(fresh[:1])
-    assert net.reads[3] == [(1, 0)]
+    assert net.reads[3] == [(1, 0)] and leader.stats["dropped_stale_read_ack"] >= 1
+    acks.release([e for e in later if e.msg.round == 3][:1])
+    assert net.reads[3] == [(1, 0), (2, 0)]
+
+
+def test_a_round_trip_longer_than_the_resend_period_still_confirms_reads():
+    """Every ack arrives only after the next round was sent: the acks of older rounds must still count."""
+    net = steady(resend_ticks=5)
+    acks = Held(net, ReadAck)
+    net.nodes[3].read(1)
+    net.pump()
+    for _ in range(4):
+        oldest = [e for e in acks.envs if e.msg.round == min(x.msg.round for x in acks.envs)]
+        net.tick(5)  # a newer round goes out before the older acks come back
+        acks.release(oldest)
+    assert net.reads[3] == [(1, 0)] and net.nodes[3].pending_reads() == 0
+
+
+def test_a_leader_that_hears_from_no_quorum_fails_its_reads_after_giving_up():
+    """A leader cut off from everyone may still believe it leads: its reads fail, they are not kept for ever."""
+    net = steady(resend_ticks=5)
+    net.block = lambda env: 3 in (env.src, env.dst)
+    net.nodes[3].read(1)
+    net.tick(GIVE_UP_RESENDS * 5 - 1)
+    assert net.failed_reads[3] == [] and net.nodes[3].pending_reads() == 1
+    net.tick(1)
+    assert net.failed_reads[3] == [1] and net.nodes[3].pending_reads() == 0 and net.reads[3] == []
+    assert net.nodes[3].is_accepting_leader(), "nothing deposed it: it failed the read because it waited too long"
 
 
 def _higher_prepare(net):
@@ -242,6 +273,9 @@ def test_single_node_confirms_at_once():
     sp = SequencePaxos(PaxosConfig(7, (7,)))
     sp.handle_leader(Ballot(1, 0, 7))
     sp.propose(["x"])
+    for env in sp.take_ready().messages:  # its own Accepted, after the (here imaginary) fsync: decided
+        sp.handle(env)
+    sp.take_ready()
     sp.read(1)
     ready = sp.take_ready()
     assert ready.reads == [(1, 1)] and not ready.early

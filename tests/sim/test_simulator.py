@@ -37,7 +37,7 @@ def test_simulator_catches_a_core_that_decides_without_a_quorum(monkeypatch):
 
 
 def test_simulator_catches_a_leader_that_confirms_reads_without_a_quorum(monkeypatch):
-    monkeypatch.setattr(reads.ReadIndexMixin, "_read_round_confirmed", lambda self, rs: True)  # planted bug
+    monkeypatch.setattr(reads.ReadIndexMixin, "_quorum_round", lambda self, rs: rs.round)  # planted bug
     failures = [r for r in (run_seed(s, 3) for s in range(80)) if not r.ok]
     assert failures, "a deposed leader confirming reads on its own must be caught"
     assert "would miss decided writes" in failures[0].violation
@@ -45,8 +45,11 @@ def test_simulator_catches_a_leader_that_confirms_reads_without_a_quorum(monkeyp
 
 def test_simulator_catches_reads_that_are_never_answered(monkeypatch):
     monkeypatch.setattr(reads.ReadIndexMixin, "_check_reads", lambda self: None)  # planted bug: never fail
-    result = run_seed(0, 3)
-    assert not result.ok and "neither confirmed nor failed" in result.violation
+    # Reads of a lost leadership linger (and, waiting too long, fail only by giving up; a node leading again
+    # under a new ballot keeps probing with the old one): the liveness checks see either.
+    results = [run_seed(s, 3) for s in range(4)]
+    assert any("neither confirmed nor failed" in r.violation or "healed cluster was failed" in r.violation
+               for r in results), [r.violation for r in results]
 
 
 def test_checker_rejects_stale_repeated_and_contradictory_read_answers():
