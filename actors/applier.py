@@ -1,17 +1,18 @@
 """The Applier actor: applies the decided log to the state machine, in order, exactly once.
 
 Log entries are msgpack maps made by a ClientGateway: a write ``{"w": command, "o": origin node, "r":
-request number, "i": the origin's incarnation, "cl"?: client, "sq"?: seq}`` or a linearizable read
-``{"q": request, "o", "i", "r"}`` that
-answers at its place in the log. Every node applies every entry; the node named by ``"o"`` answers its
+request number, "i": the origin's incarnation, "cl"?: client, "sq"?: seq}``; logs written before reads
+became ReadIndex rounds may also hold read entries ``{"q": request, "o", "i", "r"}``, answered at their
+place in the log. Every node applies every entry; the node named by ``"o"`` answers its
 client. Retries are deduplicated by `Sessions`, which is part of the replicated state: built only from
 the log in log order, so every node holds the same table and a retry sent to another node after a
 failover is recognised too. A state machine that persists itself is not replayed below its
 ``applied_index`` after a restart, so an in-memory table would come back empty and a retry would be
 applied twice; such a machine declares ``keeps_sessions`` and keeps the table itself, written in the same
-transaction as each command (statemachines/base.py), with the same window as `Sessions`. Queries at the
-`local` and `leader` levels are answered from the current state once at least ``min_applied`` entries are
-applied.
+transaction as each command (statemachines/base.py), with the same window as `Sessions`. Queries are answered
+from the current state: `leader` reads and linearizable reads the leader's core confirmed (`Queries`, from
+SequencePaxos) once at least ``min_applied`` entries are applied; `local` reads (`LocalQuery`) at once,
+straight to the client.
 
 Snapshots (actors/snapshots.py has the file format and the rules that make them crash-safe): every
 ``snapshot_every`` applied entries the Applier writes the state machine's snapshot, plus `Sessions` for a

@@ -7,8 +7,9 @@ TOO_LARGE) and the gateway moves on. Valid requests are routed:
   applied the entry (so any node serves any client, no redirects);
 - reads by consistency: ``linearizable`` (default) is confirmed by the leader with one round to a quorum
   (ReadIndex, see paxos/reads.py; a follower forwards it to the leader) and answered from the leader's
-  state once that has applied the read's index; ``leader`` is served from the leader's state (forwarded to the leader when this node is not it); ``local`` is served
-  from this node's state at once and may be stale (the Applier answers the client itself).
+  state once that has applied the read's index; ``leader`` is served from the leader's state without a
+  round (forwarded to the leader when this node is not it); ``local`` is served from this node's state at
+  once and may be stale (the Applier answers the client itself).
 A request that is not answered within its timeout gets TIMEOUT, an indefinite outcome: the write may
 still be applied later, which a retry with the same ``client`` and ``seq`` resolves safely.
 """
@@ -25,8 +26,8 @@ from omni.statemachines import StateMachine, StateMachineError
 
 from .membership import Member, plan_change, public_endpoint, to_metadata
 from .messages import (
-    ClientFrame, ClientFrames, ConfigChanged, LinearizableReads, LocalQuery, NodeStatus, PeerReply, PeerRequest, Propose, Query, Reconfigure,
-    Replies, Reply, Tick,
+    ClientFrame, ClientFrames, ConfigChanged, LinearizableReads, LocalQuery, NodeStatus, PeerReply, PeerRequest,
+    Propose, Query, Reconfigure, Replies, Reply, Tick,
 )
 from .supervision import SupervisedActor
 
@@ -35,7 +36,7 @@ log = logging.getLogger("omni.gateway")
 MAX_REQUEST = 16 * 1024 * 1024
 MAX_DEPTH = 64  # nesting of request values: every node must be able to encode and apply them
 MAX_IN_FLIGHT = 20_000  # requests waiting for an outcome; beyond it new ones are refused (UNAVAILABLE)
-MAX_PROPOSE_BATCH = 256  # entries handed to SequencePaxos in one Propose at most
+MAX_PROPOSE_BATCH = 256  # entries plus reads gathered before they go to SequencePaxos
 DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 300.0
 ENVELOPE_KEYS = ("id", "client", "seq", "consistency", "timeout")
@@ -158,9 +159,9 @@ class GatewayActor(SupervisedActor):
                 entry["cl"], entry["sq"] = client, seq
             self.proposals.append(entry)
         elif consistency == "leader":
-            self._leader_read(req, body)
+            self._leader_read(req, body, timeout)
         else:
-            self._linearizable_read(req, body)
+            self._linearizable_read(req, body, timeout)
 
     def _flush_proposals(self) -> None:
         """Hand over the gathered writes, then the gathered reads: a read's index then covers every write that
@@ -183,39 +184,43 @@ class GatewayActor(SupervisedActor):
             due.append(self.next_req)
         return self.next_req
 
-    def _linearizable_read(self, req: int, body: dict) -> None:
+    def _linearizable_read(self, req: int, body: dict, timeout: float) -> None:
         """The leader confirms it still leads (one round to a quorum, no log entry, no fsync) and answers from
         its state once that has caught up with its log; a follower forwards the read to the leader."""
         leader = self.status.leader
         if leader != self.node.pid:
-            request = {**body, "consistency": "linearizable"}
+            request = {**body, "consistency": "linearizable", "timeout": timeout}
             return self.node.outbox.send_node(leader, PeerRequest(self.node.pid, req, request))
         self.reads.append((req, body))
 
-    def _leader_read(self, req: int, body: dict) -> None:
+    def _leader_read(self, req: int, body: dict, timeout: float) -> None:
         status = self.status
         if status is not None and status.accepting:
             self.node.applier.tell(Query(req, body, min_applied=status.decided_idx))
         elif status is not None and status.leader not in (0, self.node.pid):
-            self.node.outbox.send_node(status.leader, PeerRequest(self.node.pid, req, body))
+            self.node.outbox.send_node(status.leader, PeerRequest(self.node.pid, req, {**body, "timeout": timeout}))
         else:
             self._finish(req, _error("UNAVAILABLE", "no leader is known right now", None))
 
     def _serve_forwarded_read(self, msg: PeerRequest) -> None:
         status = self.status
         request = dict(msg.request)
+        # The origin's envelope, carried along: the client's timeout holds here too (bad values: the default).
+        timeout = request.pop("timeout", DEFAULT_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+            timeout = DEFAULT_TIMEOUT
         if request.pop("consistency", None) == "linearizable":
             if status is None or status.leader != self.node.pid:
                 reply = _error("UNAVAILABLE", f"node {self.node.pid} is not the leader", None)
                 return self.node.outbox.send_node(msg.origin, PeerReply(msg.req, reply))
-            req = self._track((), None, DEFAULT_TIMEOUT, peer=(msg.origin, msg.req))
-            self._linearizable_read(req, request)
+            req = self._track((), None, timeout, peer=(msg.origin, msg.req))
+            self._linearizable_read(req, request, timeout)
             return self._flush_proposals()  # nothing else gathers it: this is not a client frame
         if status is None or not status.accepting:
             reply = _error("UNAVAILABLE", f"node {self.node.pid} is not the leader", None)
             self.node.outbox.send_node(msg.origin, PeerReply(msg.req, reply))
             return
-        req = self._track((), None, DEFAULT_TIMEOUT, peer=(msg.origin, msg.req))
+        req = self._track((), None, timeout, peer=(msg.origin, msg.req))
         self.node.applier.tell(Query(req, request, min_applied=status.decided_idx))
 
     # ---- membership ----------------------------------------------------------------------------------

@@ -128,7 +128,8 @@ class CompactLog:
 
 @dataclass(frozen=True)
 class Query:
-    """ClientGateway to Applier: a read-only request to answer from the current state."""
+    """ClientGateway (a `leader` read) or SequencePaxos (a confirmed linearizable read, inside `Queries`) to
+    Applier: a read-only request to answer from the current state once ``min_applied`` entries are applied."""
 
     req: int
     request: dict

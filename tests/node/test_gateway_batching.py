@@ -6,7 +6,7 @@ import msgpack
 
 from omni.actors.gateway import MAX_PROPOSE_BATCH, GatewayActor
 from omni.actors.messages import (
-    ClientFrame, ClientFrames, LinearizableReads, LocalQuery, NodeStatus, Propose, Reply, Tick,
+    ClientFrame, ClientFrames, LinearizableReads, LocalQuery, NodeStatus, PeerRequest, Propose, Reply, Tick,
 )
 from omni.paxos import Ballot
 from omni.statemachines.kv import KVStateMachine
@@ -119,10 +119,22 @@ def test_a_follower_forwards_a_linearizable_read_to_the_leader():
     node, gw = gateway()
     gw.on_receive(NodeStatus(leader=2, role="follower", ballot=Ballot(2, 0, 2), decided_idx=0, config_id=1,
                              members=(1, 2, 3)))
-    gw.on_receive(ClientFrame((b"r",), msgpack.packb({"op": "get", "key": "k", "id": 1})))
+    gw.on_receive(ClientFrame((b"r",), msgpack.packb({"op": "get", "key": "k", "id": 1, "timeout": 60})))
     ((dst, request),) = node.outbox.node_messages
-    assert dst == 2 and request.request == {"op": "get", "key": "k", "consistency": "linearizable"}
+    assert dst == 2 and request.request == {"op": "get", "key": "k", "consistency": "linearizable", "timeout": 60}
     assert node.sequence_paxos.told == []
+
+
+def test_the_leader_confirms_a_forwarded_read_and_keeps_the_clients_timeout():
+    node, gw = gateway()  # the leader, 10 ms ticks
+    gw.on_receive(PeerRequest(2, 41, {"op": "get", "key": "k", "consistency": "linearizable", "timeout": 0.05}))
+    (reads,) = node.sequence_paxos.told
+    ((req, request),) = reads.reads
+    assert request == {"op": "get", "key": "k"} and gw.pending[req].peer == (2, 41)
+    for _ in range(5):
+        gw.on_receive(Tick())
+    ((dst, reply),) = node.outbox.node_messages
+    assert dst == 2 and reply.req == 41 and reply.reply["error"]["code"] == "TIMEOUT"
 
 
 def test_an_unanswered_request_gets_timeout_after_its_ticks_and_an_answered_one_never_does():
