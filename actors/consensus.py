@@ -151,7 +151,8 @@ class SequencePaxosActor(SupervisedActor):
             self.node.applier.tell(Queries(tuple(confirmed)))
         for req in ready.failed_reads:
             if self._reads.pop(req, None) is not None:
-                self._unavailable(req, "UNAVAILABLE", f"node {self.node.pid} lost the leadership; retry")
+                self._unavailable(req, "UNAVAILABLE", f"node {self.node.pid} could not confirm with a quorum that it "
+                                                      "still leads (deposed, or cut off); retry")
 
     def _publish(self) -> None:
         core = self.core
