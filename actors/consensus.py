@@ -47,7 +47,7 @@ class SequencePaxosActor(SupervisedActor):
                 self._reject(message.entries, "NOT_MEMBER", f"node {self.node.pid} is no longer a member")
             elif isinstance(message, LinearizableReads):
                 for req, _ in message.reads:
-                    self._unavailable(req, "NOT_MEMBER", f"node {self.node.pid} is no longer a member")
+                    self._refuse(req, "NOT_MEMBER", f"node {self.node.pid} is no longer a member")
             return
         else:
             self._handle(message)
@@ -85,7 +85,7 @@ class SequencePaxosActor(SupervisedActor):
         if self.core is not None:
             self._drain()  # what the old core still has goes to the old log
         for req in self._reads:  # the old core's unconfirmed reads die with it
-            self._unavailable(req, "UNAVAILABLE", "the configuration changed; retry")
+            self._refuse(req, "UNAVAILABLE", "the configuration changed; retry")
         self._reads.clear()
         if message.store is not None:
             self.node.storage.tell(SwitchLog(message.store))
@@ -104,22 +104,22 @@ class SequencePaxosActor(SupervisedActor):
         try:
             self.core.read(req)
         except ProposalRejected as exc:  # ReadRejected: not the leader in the Accept phase (any more)
-            return self._unavailable(req, "UNAVAILABLE", f"{exc}; retry shortly")
+            return self._refuse(req, "UNAVAILABLE", f"{exc}; retry shortly")
         self._reads[req] = request
 
-    def _unavailable(self, req: int, code: str, message: str) -> None:
+    def _refuse(self, req: int, code: str, message: str) -> None:
         self.node.gateway.tell(Reply(req, False, code=code, message=message))
 
     def _reject(self, entries, code: str, message: str) -> None:
         for entry in entries:
             if isinstance(entry, dict) and entry.get("o") == self.node.pid and isinstance(entry.get("r"), int):
-                self.node.gateway.tell(Reply(entry["r"], False, code=code, message=message))
+                self._refuse(entry["r"], code, message)
 
     def _reconfigure(self, message: Reconfigure) -> None:
         try:
             self.core.reconfigure(message.nodes, metadata=message.metadata, config_id=message.config_id)
         except (ProposalRejected, ValueError) as exc:
-            self.node.gateway.tell(Reply(message.req, False, code="UNAVAILABLE", message=str(exc)))
+            self._refuse(message.req, "UNAVAILABLE", str(exc))
 
     def _compact(self, idx: int) -> None:
         """Local only: each node compacts behind its own durable snapshot file (actors/snapshots.py)."""
@@ -151,7 +151,7 @@ class SequencePaxosActor(SupervisedActor):
             self.node.applier.tell(Queries(tuple(confirmed)))
         for req in ready.failed_reads:
             if self._reads.pop(req, None) is not None:
-                self._unavailable(req, "UNAVAILABLE", f"node {self.node.pid} could not confirm with a quorum that it "
+                self._refuse(req, "UNAVAILABLE", f"node {self.node.pid} could not confirm with a quorum that it "
                                                       "still leads (deposed, or cut off); retry")
 
     def _publish(self) -> None:

@@ -100,10 +100,10 @@ class GatewayActor(SupervisedActor):
         if self.proposals or self.reads:  # anything else first lets what was gathered so far go, in order
             self._flush_proposals()
         if isinstance(message, Reply):
-            self._finish_reply(message)
+            self._finish(message.req, message.to_client(None))
         elif isinstance(message, Replies):
             for reply in message.replies:
-                self._finish_reply(reply)
+                self._finish(reply.req, reply.to_client(None))
         elif isinstance(message, PeerReply):
             self._finish(message.req, message.reply)
         elif isinstance(message, PeerRequest):
@@ -207,7 +207,7 @@ class GatewayActor(SupervisedActor):
         request = dict(msg.request)
         # The origin's envelope, carried along: the client's timeout holds here too (bad values: the default).
         timeout = request.pop("timeout", DEFAULT_TIMEOUT)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        if not _valid_timeout(timeout):
             timeout = DEFAULT_TIMEOUT
         if request.pop("consistency", None) == "linearizable":
             if status is None or status.leader != self.node.pid:
@@ -282,15 +282,8 @@ class GatewayActor(SupervisedActor):
             origin, their_req = pending.peer
             self.node.outbox.send_node(origin, PeerReply(their_req, reply))
         else:
-            self._send(pending.route, {**reply, "id": pending.rid})
-
-    def _finish_reply(self, reply: Reply) -> None:
-        pending = self.pending.get(reply.req)
-        if pending is not None and pending.peer is None and reply.req not in self.reconfigs:  # the common case
-            del self.pending[reply.req]
-            self._send(pending.route, reply.to_client(pending.rid))
-        else:
-            self._finish(reply.req, reply.to_client(None))
+            reply["id"] = pending.rid  # every caller hands over a map of its own
+            self._send(pending.route, reply)
 
     def _expire(self) -> None:
         # Each tick calls this once, and every deadline lies at least one tick ahead when set: so no bucket
@@ -371,9 +364,13 @@ def _envelope(request: dict) -> tuple:
     if consistency not in CONSISTENCY:
         raise BadRequest("BAD_REQUEST", f"\"consistency\" must be one of {', '.join(CONSISTENCY)}")
     timeout = request.get("timeout", DEFAULT_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+    if not _valid_timeout(timeout):
         raise BadRequest("BAD_REQUEST", f"\"timeout\" must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
     return client, seq, consistency, float(timeout)
+
+
+def _valid_timeout(timeout) -> bool:
+    return not isinstance(timeout, bool) and isinstance(timeout, (int, float)) and 0 < timeout <= MAX_TIMEOUT
 
 
 def _ok(result, rid) -> dict:

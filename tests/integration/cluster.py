@@ -6,7 +6,6 @@ SIGKILL; `start` after it is a real restart from the same data directory.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,19 +14,10 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from omni.cli.bench import free_ports  # noqa: F401 (the tests import it from here)
 from omni.client import Client, OmniError
 
 NODE_ARGS = ["--tick-ms", "10", "--election-ticks", "20"]
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class LocalCluster:
