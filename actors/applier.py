@@ -11,8 +11,10 @@ failover is recognised too. A state machine that persists itself is not replayed
 applied twice; such a machine declares ``keeps_sessions`` and keeps the table itself, written in the same
 transaction as each command (statemachines/base.py), with the same window as `Sessions`. Queries are answered
 from the current state: `leader` reads and linearizable reads the leader's core confirmed (`Queries`, from
-SequencePaxos) once at least ``min_applied`` entries are applied; `local` reads (`LocalQuery`) at once,
-straight to the client.
+SequencePaxos) once at least ``min_applied`` entries are applied; `local` reads (`LocalQueries`) at once,
+straight to the client (or TIMEOUT, if this thread was busy past their deadline). A waiting query whose
+index is never applied (say, entries a deposed leader had adopted and its successor did not keep) is
+dropped once no request can still be waiting for it (MAX_TIMEOUT): its client got TIMEOUT long before.
 
 Snapshots (actors/snapshots.py has the file format and the rules that make them crash-safe): every
 ``snapshot_every`` applied entries the Applier writes the state machine's snapshot, plus `Sessions` for a
@@ -24,6 +26,7 @@ holds back later items, pulls a snapshot file from a peer, installs it, and goes
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 
 import msgpack
@@ -32,7 +35,9 @@ from omni.paxos import DecidedEntries, DecidedSnapshot, StopSign
 from omni.statemachines import StateMachine, StateMachineError
 from omni.statemachines.base import SESSION_CLIENTS, SESSION_SEQS, session_too_old
 
-from .messages import Apply, CompactLog, LocalQuery, PeerReply, PeerRequest, Queries, Query, Replies, Reply, Tick
+from .messages import (
+    MAX_TIMEOUT, Apply, CompactLog, LocalQueries, PeerReply, PeerRequest, Queries, Query, Replies, Reply, Tick,
+)
 from .snapshots import Snapshot, SnapshotError, SnapshotFetch, SnapshotStore, decode, encode_payload, serve
 from .supervision import SupervisedActor
 
@@ -109,6 +114,7 @@ class ApplierActor(SupervisedActor):
         self.sessions = Sessions()
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self.waiting: list[Query] = []
+        self.waiting_since: dict[int, float] = {}  # request number -> when it began to wait (monotonic)
         self._replies: list[Reply] = []  # answers gathered while handling one message, told together
         self.snapshots, self.snapshot_every = snapshots, snapshot_every
         self.last_snapshot = 0  # index of the newest durable snapshot file
@@ -132,9 +138,8 @@ class ApplierActor(SupervisedActor):
         if isinstance(message, Apply):
             self.held.extend(_global(item, message.base) for item in message.items)
             self._apply_held()
-        elif isinstance(message, LocalQuery):
-            reply = Reply(0, *self._run(lambda: self.sm.query(message.request))).to_client(message.rid)
-            self.node.outbox.send_client(message.route, self._pack(reply))
+        elif isinstance(message, LocalQueries):
+            self._answer_local(message.queries)
         elif isinstance(message, Query):
             self._query(message)
         elif isinstance(message, Queries):
@@ -143,6 +148,8 @@ class ApplierActor(SupervisedActor):
         elif isinstance(message, Tick):
             if self.fetch is not None and self.fetch.on_tick():
                 self._request_chunk()
+            if self.waiting:
+                self._drop_abandoned(time.monotonic())
         elif isinstance(message, PeerRequest):
             reply = serve(self.snapshots, message.request) if self.snapshots is not None else {}
             self.node.outbox.send_node(message.origin, PeerReply(message.req, reply))
@@ -347,6 +354,7 @@ class ApplierActor(SupervisedActor):
             self._answer(query)
         else:
             self.waiting.append(query)
+            self.waiting_since[query.req] = time.monotonic()
 
     def _answer(self, query: Query) -> None:
         self._replies.append(Reply(query.req, *self._run(lambda: self.sm.query(query.request))))
@@ -356,7 +364,29 @@ class ApplierActor(SupervisedActor):
             ready = [q for q in self.waiting if q.min_applied <= self.applied]
             self.waiting = [q for q in self.waiting if q.min_applied > self.applied]
             for query in ready:
+                self.waiting_since.pop(query.req, None)
                 self._answer(query)
+
+    def _drop_abandoned(self, now: float) -> None:
+        """Forget queries older than any request's timeout: the gateway has answered them TIMEOUT already."""
+        horizon = now - MAX_TIMEOUT - 1.0
+        since = self.waiting_since
+        if any(since.get(q.req, now) < horizon for q in self.waiting):
+            self.waiting = [q for q in self.waiting if since.get(q.req, now) >= horizon]
+            for req in [r for r, t in since.items() if t < horizon]:
+                del since[req]
+
+    def _answer_local(self, queries: tuple) -> None:
+        """Answer `local` reads on their clients' routes, in one hand-over to the transport."""
+        now, replies = time.monotonic(), []
+        for route, rid, request, deadline in queries:
+            if now > deadline:  # this thread was busy (a snapshot, a long batch) past the client's timeout
+                outcome = (False, None, "TIMEOUT", "the local read waited past its timeout; retry")
+            else:
+                outcome = self._run(lambda: self.sm.query(request))
+            replies.append((route, self._pack(Reply(0, *outcome).to_client(rid))))
+        self.node.outbox.send_clients(replies)
+        self.node.local_reads_answered += len(queries)  # this thread alone writes it (the gateway reads it)
 
     def release(self) -> None:
         super().release()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -26,8 +27,8 @@ from omni.statemachines import StateMachine, StateMachineError
 
 from .membership import Member, plan_change, public_endpoint, to_metadata
 from .messages import (
-    ClientFrame, ClientFrames, ConfigChanged, LinearizableReads, LocalQuery, NodeStatus, PeerReply, PeerRequest,
-    Propose, Query, Reconfigure, Replies, Reply, Tick,
+    MAX_TIMEOUT, ClientFrame, ClientFrames, ConfigChanged, LinearizableReads, LocalQueries, NodeStatus, PeerReply,
+    PeerRequest, Propose, Query, Reconfigure, Replies, Reply, Tick,
 )
 from .supervision import SupervisedActor
 
@@ -35,10 +36,9 @@ log = logging.getLogger("omni.gateway")
 
 MAX_REQUEST = 16 * 1024 * 1024
 MAX_DEPTH = 64  # nesting of request values: every node must be able to encode and apply them
-MAX_IN_FLIGHT = 20_000  # requests waiting for an outcome; beyond it new ones are refused (UNAVAILABLE)
+MAX_IN_FLIGHT = 20_000  # requests waiting for an outcome (local reads too); beyond it new ones get UNAVAILABLE
 MAX_PROPOSE_BATCH = 256  # entries plus reads gathered before they go to SequencePaxos
 DEFAULT_TIMEOUT = 5.0
-MAX_TIMEOUT = 300.0
 ENVELOPE_KEYS = ("id", "client", "seq", "consistency", "timeout")
 CONSISTENCY = ("linearizable", "leader", "local")
 
@@ -78,6 +78,8 @@ class GatewayActor(SupervisedActor):
         # SequencePaxos actor does): under load one message carries many entries; idle, each goes at once.
         self.proposals: list = []
         self.reads: list = []  # linearizable reads for the leader's core, told after the proposals
+        self.local_reads: list = []  # `local` reads for the Applier, which answers them itself
+        self.local_sent = 0  # local reads told to the Applier so far (it counts those it answered)
         self.reconfigs: dict[int, tuple] = {}  # request number -> (configuration id, member ids) it waits for
         # Replies encoded while handling one message, handed to the transport in one go (see send_clients).
         self.outgoing: list = []
@@ -92,12 +94,12 @@ class GatewayActor(SupervisedActor):
         if isinstance(message, (ClientFrame, ClientFrames)):
             for frame in (message,) if isinstance(message, ClientFrame) else message.frames:
                 self._on_frame(frame)
-                if len(self.proposals) + len(self.reads) >= MAX_PROPOSE_BATCH:
+                if len(self.proposals) + len(self.reads) + len(self.local_reads) >= MAX_PROPOSE_BATCH:
                     self._flush_proposals()
-            if (self.proposals or self.reads) and self.actor_inbox.empty():
+            if (self.proposals or self.reads or self.local_reads) and self.actor_inbox.empty():
                 self._flush_proposals()
             return
-        if self.proposals or self.reads:  # anything else first lets what was gathered so far go, in order
+        if self.proposals or self.reads or self.local_reads:  # anything else first lets what was gathered go
             self._flush_proposals()
         if isinstance(message, Reply):
             self._finish(message.req, message.to_client(None))
@@ -144,14 +146,15 @@ class GatewayActor(SupervisedActor):
                                            f"{self.node.config_id} is {list(self.node.members)}); ask a member")
         client, seq, consistency, timeout = _envelope(request)
         body = {k: v for k, v in request.items() if k not in ENVELOPE_KEYS}
-        if len(self.pending) >= MAX_IN_FLIGHT:
+        if self._in_flight() >= MAX_IN_FLIGHT:
             raise BadRequest("UNAVAILABLE", f"node {self.node.pid} is overloaded: {MAX_IN_FLIGHT} requests in flight")
         write = self.validator.is_write(body)  # may refuse the request: before anything is tracked
         command = self.validator.prepare(body) if write else None
         if (write or consistency == "linearizable") and (self.status is None or self.status.leader == 0):
             raise BadRequest("UNAVAILABLE", "no leader has been elected yet; retry shortly")
-        if not write and consistency == "local":  # answered by the Applier at once: nothing to track
-            return self.node.applier.tell(LocalQuery(route, rid, body))
+        if not write and consistency == "local":  # answered by the Applier: nothing to track here
+            self.local_sent += 1
+            return self.local_reads.append((route, rid, body, time.monotonic() + timeout))
         req = self._track(route, rid, timeout)
         if write:
             entry = {"w": command, "o": self.node.pid, "i": self.node.incarnation, "r": req, "n": size}
@@ -164,14 +167,23 @@ class GatewayActor(SupervisedActor):
             self._linearizable_read(req, body, timeout)
 
     def _flush_proposals(self) -> None:
-        """Hand over the gathered writes, then the gathered reads: a read's index then covers every write that
-        arrived before it (and maybe some that arrived after it, which are concurrent with it anyway)."""
+        """Hand over the gathered writes, then the gathered linearizable reads: a read's index then covers every
+        write that arrived before it (and maybe some that arrived after it, which are concurrent with it
+        anyway). Local reads go to the Applier in one tell (they are not ordered with anything)."""
         if self.proposals:
             entries, self.proposals = tuple(self.proposals), []
             self.node.sequence_paxos.tell(Propose(entries))
         if self.reads:
             reads, self.reads = tuple(self.reads), []
             self.node.sequence_paxos.tell(LinearizableReads(reads))
+        if self.local_reads:
+            local, self.local_reads = tuple(self.local_reads), []
+            self.node.applier.tell(LocalQueries(local))
+
+    def _in_flight(self) -> int:
+        """Requests told to other actors and not answered yet: those the gateway tracks, plus the local reads
+        the Applier has not answered (it only ever raises its count, so this errs on the high side)."""
+        return len(self.pending) + self.local_sent - self.node.local_reads_answered
 
     def _track(self, route: tuple, rid, timeout: float, peer: Optional[tuple] = None) -> int:
         self.next_req += 1

@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 from omni.paxos import Ballot, Envelope, Ready
 
+MAX_TIMEOUT = 300.0  # seconds: the longest timeout a client request may ask for (longer ones are refused)
+
 
 @dataclass(frozen=True)
 class Tick:
@@ -137,13 +139,12 @@ class Query:
 
 
 @dataclass(frozen=True)
-class LocalQuery:
-    """ClientGateway to Applier: a ``local`` read, which the Applier answers on ``route`` itself (nothing
-    waits for it, so the reply need not come back through the gateway)."""
+class LocalQueries:
+    """ClientGateway to Applier: the ``local`` reads of one mailbox drain, each ``(route, rid, request,
+    deadline)`` with the deadline in `time.monotonic` seconds. The Applier answers them on their routes
+    itself (nothing waits for them in the gateway) and counts them in ``node.local_reads_answered``."""
 
-    route: tuple
-    rid: Any
-    request: dict
+    queries: tuple
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,9 @@ class Node:
         self.config_id = config.config_id
         self.state_machine_name = config.state_machine
         self.incarnation = secrets.randbits(62)  # tells this process's requests from an earlier life's
+        # Raised by the Applier's thread alone, read by the gateway's: the gateway counts the `local` reads it
+        # handed over and not yet answered against its in-flight cap without a message per answer.
+        self.local_reads_answered = 0
         self.exit_code = 0
         self.fatal_reason = ""
         self._done = threading.Event()

@@ -2,11 +2,14 @@
 batching) without delaying or dropping anything else it is told meanwhile."""
 from __future__ import annotations
 
+import time
+
 import msgpack
 
+from omni.actors import gateway as gateway_module
 from omni.actors.gateway import MAX_PROPOSE_BATCH, GatewayActor
 from omni.actors.messages import (
-    ClientFrame, ClientFrames, LinearizableReads, LocalQuery, NodeStatus, PeerRequest, Propose, Reply, Tick,
+    ClientFrame, ClientFrames, LinearizableReads, LocalQueries, NodeStatus, PeerRequest, Propose, Reply, Tick,
 )
 from omni.paxos import Ballot
 from omni.statemachines.kv import KVStateMachine
@@ -42,6 +45,7 @@ class FakeNode:
     pid, incarnation, config_id, members, state_machine_name = 1, 7, 1, (1, 2, 3), "kv"
     removed = False
     stopping = False
+    local_reads_answered = 0
 
     def __init__(self):
         self.sequence_paxos, self.applier, self.outbox = Recorder(), Recorder(), Outbox()
@@ -97,12 +101,40 @@ def test_a_full_batch_goes_even_while_the_mailbox_is_busy():
 def test_a_local_read_goes_to_the_applier_with_its_route_and_is_not_tracked():
     """The Applier answers a ``local`` read on the client's route itself: the gateway keeps nothing for it."""
     node, gw = gateway()
-    body = msgpack.packb({"op": "get", "key": "k", "consistency": "local", "id": 9})
+    body = msgpack.packb({"op": "get", "key": "k", "consistency": "local", "id": 9, "timeout": 2})
     gw.on_receive(ClientFrame((b"c1",), body))
-    (query,) = node.applier.told
-    assert isinstance(query, LocalQuery) and query.route == (b"c1",) and query.rid == 9
-    assert query.request == {"op": "get", "key": "k"}
+    (message,) = node.applier.told
+    ((route, rid, request, deadline),) = message.queries
+    assert isinstance(message, LocalQueries) and route == (b"c1",) and rid == 9
+    assert request == {"op": "get", "key": "k"} and 0 < deadline - time.monotonic() <= 2
     assert gw.pending == {} and proposals(node) == [] and node.outbox.sent == []
+
+
+def test_local_reads_of_one_drain_reach_the_applier_in_one_tell():
+    node, gw = gateway()
+    frames = tuple(ClientFrame((b"c%d" % i,), msgpack.packb({"op": "get", "key": "k", "consistency": "local",
+                                                              "id": i})) for i in range(5))
+    gw.on_receive(ClientFrames(frames))
+    (message,) = node.applier.told
+    assert [q[1] for q in message.queries] == [0, 1, 2, 3, 4]
+
+
+def test_local_reads_the_applier_has_not_answered_count_against_the_in_flight_cap(monkeypatch):
+    """A flood of pipelined local reads must not pile up in the Applier's mailbox without bound."""
+    monkeypatch.setattr(gateway_module, "MAX_IN_FLIGHT", 3)
+    node, gw = gateway()
+    local = [ClientFrame((b"c%d" % i,), msgpack.packb({"op": "get", "key": "k", "consistency": "local", "id": i}))
+             for i in range(5)]
+    gw.on_receive(ClientFrames(tuple(local[:4])))
+    (message,) = node.applier.told
+    assert len(message.queries) == 3  # the fourth was refused
+    ((_, refused),) = node.outbox.sent
+    assert refused["id"] == 3 and refused["error"]["code"] == "UNAVAILABLE"
+    gw.on_receive(put_frame(1))  # a write is refused alike while the Applier owes three answers
+    assert proposals(node) == [] and node.outbox.sent[-1][1]["error"]["code"] == "UNAVAILABLE"
+    node.local_reads_answered = 3  # the Applier answered them
+    gw.on_receive(local[4])
+    assert len(node.applier.told) == 2 and len(node.outbox.sent) == 2
 
 
 def test_linearizable_reads_go_to_the_leader_core_after_the_writes_that_arrived_before_them():
