@@ -100,14 +100,36 @@ class Snapshot:
     sessions: Any
 
 
-def encode_payload(sm: str, state: bytes, sessions: Any) -> bytes:
+def payload_parts(sm: str, state: bytes, sessions: Any) -> tuple[bytes, bytes, bytes]:
+    """The payload as three parts whose concatenation is the msgpack map of the file format, without copying
+    ``state`` into it (a million-key state is over 100 MB: the copy alone took up to half a second)."""
     if len(state) > MAX_STATE:
         raise SnapshotError(f"a state of {len(state)} bytes exceeds the snapshot limit of {MAX_STATE} bytes")
-    return msgpack.packb({"sm": sm, "state": state, "sessions": sessions}, use_bin_type=True)
+    packer = msgpack.Packer(use_bin_type=True)
+    head = packer.pack_map_header(3) + packer.pack("sm") + packer.pack(sm) + packer.pack("state") + \
+        _bin_header(len(state))
+    return head, state, packer.pack("sessions") + packer.pack(sessions)
 
 
-def header(idx: int, payload: bytes) -> bytes:
-    return _HEADER.pack(MAGIC, VERSION, 0, idx, len(payload), zlib.crc32(payload))
+def _bin_header(n: int) -> bytes:
+    """msgpack's bin 8/16/32 header for ``n`` bytes (the Packer has no method for it)."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def encode_payload(sm: str, state: bytes, sessions: Any) -> bytes:
+    return b"".join(payload_parts(sm, state, sessions))
+
+
+def header(idx: int, parts: tuple) -> bytes:
+    """The file header for a payload given as consecutive parts."""
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return _HEADER.pack(MAGIC, VERSION, 0, idx, sum(len(part) for part in parts), crc)
 
 
 def decode(data: bytes | bytearray | memoryview) -> Snapshot:
@@ -159,9 +181,11 @@ class SnapshotStore:
             raise SnapshotError(f"{self.path(idx)} holds the snapshot at {snap.idx}")
         return snap
 
-    def write(self, idx: int, payload: bytes) -> None:
-        """Make the file for ``idx`` durable (temp file, fsync, rename, fsync directory)."""
-        self._write_parts(idx, (header(idx, payload), payload))
+    def write(self, idx: int, payload: bytes | tuple) -> None:
+        """Make the file for ``idx`` durable (temp file, fsync, rename, fsync directory); the payload may be
+        given in parts (`payload_parts`)."""
+        parts = payload if isinstance(payload, tuple) else (payload,)
+        self._write_parts(idx, (header(idx, parts), *parts))
 
     def install(self, snap: Snapshot, data: bytes) -> None:
         """Make a whole file received from a peer (``data``, already decoded as ``snap``) durable as our own."""

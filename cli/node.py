@@ -70,7 +70,8 @@ def node():
 @click.option("--election-ticks", type=click.IntRange(min=2), default=30, show_default=True,
               help="Election timeout in ticks.")
 @click.option("--snapshot-every", type=click.IntRange(min=0), default=10_000, show_default=True,
-              help="Snapshot the state every N applied entries and compact the log behind it (0: never).")
+              help="Snapshot the state after at least N applied entries (and requests adding up to a quarter "
+                   "of the last snapshot's size) and compact the log behind it (0: never).")
 @click.option("--join", metavar="ENDPOINT",
               help="A new member: learn the configuration from this client endpoint of the running cluster "
                    "(then add the node with `omni cluster reconfigure --add`).")

@@ -4,13 +4,16 @@ behind every compaction point pulls the state from a peer, and exactly-once surv
 import sqlite3
 import time
 
+import msgpack
 import pytest
 
 from omni.actors import snapshots as snapshots_module
-from omni.actors.applier import ApplierActor
+from omni.actors.applier import SNAPSHOT_GROWTH, ApplierActor
 from omni.actors.log_store import SQLiteLogStore
 from omni.actors.messages import Apply, CompactLog, Replies, Reply, Tick
-from omni.actors.snapshots import MARKER, MarkerSnapshotter, SnapshotError, SnapshotStore, encode_payload
+from omni.actors.snapshots import (
+    MARKER, MarkerSnapshotter, SnapshotError, SnapshotStore, encode_payload, payload_parts,
+)
 from omni.paxos import AcceptSync, PaxosConfig, SequencePaxos
 from omni.paxos.sequence_paxos import DecidedEntries, DecidedSnapshot
 from omni.paxos.storage import AppendOnPrefix, Compact, SetDecidedIdx
@@ -123,6 +126,18 @@ def test_snapshot_file_round_trips_and_a_corrupt_one_is_refused(tmp_path):
         store.load(42)
 
 
+def test_a_snapshot_written_in_parts_is_the_same_file_as_one_written_whole(tmp_path):
+    """The Applier writes the state without copying it into the payload; the bytes on disk do not change."""
+    whole, parts = SnapshotStore(tmp_path / "whole"), SnapshotStore(tmp_path / "parts")
+    sessions = [["c", 0, [[1, True, {"r": 1}, "", ""]]]]
+    for size in (0, 255, 256, 65_536, 300_000):
+        state = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        whole.write(size + 1, msgpack.packb({"sm": "kv", "state": state, "sessions": sessions}, use_bin_type=True))
+        parts.write(size + 1, payload_parts("kv", state, sessions))
+        assert parts.path(size + 1).read_bytes() == whole.path(size + 1).read_bytes()
+        assert parts.load(size + 1).state == state
+
+
 def test_an_interrupted_snapshot_write_leaves_the_previous_file_valid(tmp_path):
     store = SnapshotStore(tmp_path)
     store.write(10, encode_payload("kv", b"ten", None))
@@ -141,6 +156,25 @@ def test_applier_snapshots_every_n_entries_and_compacts_only_behind_the_previous
     ref.stop()
     assert store.indexes() == [20, 30]  # the two newest are kept
     assert [m.idx for m in node.told if isinstance(m, CompactLog)] == [10, 20]
+
+
+def test_a_large_state_is_snapshotted_only_once_the_requests_since_add_up_to_a_share_of_its_size(tmp_path):
+    """A snapshot costs time in proportion to the state: a fixed entry count would re-write a large state
+    every few requests. The next file waits until the requests applied since the last one (their "n",
+    the request size the gateway records) reach SNAPSHOT_GROWTH of its size, stretched per node."""
+    node, store = FakeNode(), SnapshotStore(tmp_path)
+    big = [{**put(i), "n": 20_000} for i in range(10)]
+    for entry, i in zip(big, range(10)):
+        entry["w"]["value"] = b"%d" % i * 20_000  # ten 20 kB values: a state of about 200 kB
+    ref = run_applier(node, KVStateMachine(), [DecidedEntries(0, tuple(big))], snapshots=store, snapshot_every=10)
+    first = store.path(10).stat().st_size
+    due = ref.proxy().snapshot_due_bytes.get()
+    assert first * SNAPSHOT_GROWTH <= due <= first * SNAPSHOT_GROWTH * 1.25
+    small = [{**put(i), "n": 100} for i in range(10, 10 + 2 * due // 100)]
+    ref.ask(Apply((DecidedEntries(10, tuple(small)),)))
+    reached = 10 + -(-due // 100)  # applied count once the request bytes since the first file reach `due`
+    ref.stop()
+    assert store.indexes() == [10, reached]  # not at 20, 30, ... as the entry count alone would say
 
 
 def test_restart_restores_the_snapshot_then_applies_only_the_log_suffix(tmp_path):
