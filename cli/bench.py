@@ -679,8 +679,9 @@ def print_table(result: dict) -> None:
 @click.option("--request-timeout", type=click.FloatRange(0.01, 300), default=5.0, show_default=True,
               help="Sent as each request's timeout (the node answers TIMEOUT after it); a request still "
                    "unanswered 1 s later counts as NO_REPLY.")
-@click.option("--preload/--no-preload", default=True, show_default=True,
-              help="Write the whole key space first for read workloads (batches of 1000).")
+@click.option("--preload/--no-preload", default=None,
+              help="Write the whole key space first (batches of 1000) [default: for get, mixed and sql-select]; "
+                   "with put, measures writes into a large state (--keys 1000000).")
 @click.option("--ceiling", is_flag=True,
               help="Also measure an echo server with the same frames and load first, and report the ratio.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -740,7 +741,7 @@ def bench(endpoints, start_nodes, workload, read_level, read_fraction, value_siz
                     setup_sql(eps)
                 except Exception as exc:  # e.g. UNKNOWN_OP on a kv cluster: the run counts every failure
                     click.echo(f"omni bench: warning: cannot create the bench table: {exc}", err=True)
-            if preload and workload in ("get", "mixed", "sql-select"):
+            if preload if preload is not None else workload in ("get", "mixed", "sql-select"):
                 if show:
                     click.echo(f"omni bench: preloading {keys:,} keys", err=True)
                 preload_keyspace(eps, spec)
