@@ -32,6 +32,7 @@ holds back later items, pulls a snapshot file from a peer, installs it, and goes
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict, deque
 
@@ -125,7 +126,8 @@ class ApplierActor(SupervisedActor):
         self.waiting_since: dict[int, float] = {}  # request number -> when it began to wait (monotonic)
         self._replies: list[Reply] = []  # answers gathered while handling one message, told together
         self.snapshots, self.snapshot_every = snapshots, snapshot_every
-        self.last_snapshot = 0  # index of the newest durable snapshot file
+        self.last_snapshot = 0  # index of the newest snapshot file (durable, or being written by _writer)
+        self._writer: threading.Thread | None = None
         self.applied_bytes = 0  # request bytes applied since that file
         self.snapshot_due_bytes = 0  # ... which the next snapshot waits for (see the module docstring)
         self._stretch = 1 + (node.pid * 2654435761 % 1000) / 4000  # 1.0 to 1.25, fixed per node id
@@ -210,7 +212,7 @@ class ApplierActor(SupervisedActor):
     def _configuration_ends(self, ss: StopSign) -> None:
         """The StopSign is applied: snapshot the state exactly here (new members and laggards fetch it) and
         let the node start the next configuration, whose log begins at global index ``self.applied``."""
-        self._take_snapshot()
+        self._take_snapshot(wait=True)
         self.node.configuration_decided(ss, self.applied)
 
     # ---- snapshots ------------------------------------------------------------------------------------
@@ -230,22 +232,51 @@ class ApplierActor(SupervisedActor):
                      self.sm.applied_index)
         self.applied = max(self.applied, idx)
 
-    def _take_snapshot(self) -> None:
+    def _take_snapshot(self, wait: bool = False) -> None:
+        """Take the state's bytes here (they must match ``applied``), then write the file on a thread of its
+        own unless ``wait``: writing and fsyncing 124 MB (a million keys) kept this thread, and every reply
+        of this node, waiting for up to half a second. One file at a time, in index order."""
         if self.snapshots is None:
             return
+        self._await_writer()
         sessions = None if self.sm.keeps_sessions else self.sessions.dump()
-        self.last_snapshot = self.applied  # also when it fails below: try again an interval later
+        self.last_snapshot = idx = self.applied  # also when it fails below: try again an interval later
         self.applied_bytes = 0
+        started = time.monotonic()
         try:
             parts = payload_parts(self.sm_name, self.sm.snapshot(), sessions)
         except SnapshotError as exc:  # the node still works; only its log is not compacted
-            log.error("no snapshot at %d: %s", self.applied, exc)
+            log.error("no snapshot at %d: %s", idx, exc)
             return
-        self.snapshots.write(self.applied, parts)
-        size = sum(len(part) for part in parts)
-        log.info("snapshot at %d written (%d bytes)", self.applied, size)
-        self._snapshot_taken(size)
+        self._snapshot_taken(sum(len(part) for part in parts))
+        took = time.monotonic() - started
+        if wait:
+            return self._write_snapshot(idx, parts, took)
+        self._writer = threading.Thread(target=self._write_snapshot_or_stop, args=(idx, parts, took),
+                                        name=f"omni-snapshot-{self.node.pid}", daemon=True)
+        self._writer.start()
+
+    def _write_snapshot(self, idx: int, parts: tuple, took: float) -> None:
+        """Make the file durable, and only then let the core compact behind the previous one (snapshots.py
+        rules 1 and 2)."""
+        started = time.monotonic()
+        self.snapshots.write(idx, parts)
+        log.info("snapshot at %d written (%d bytes; %.2f s to take, %.2f s to write)", idx,
+                 sum(len(part) for part in parts), took, time.monotonic() - started)
         self._compact_behind()
+
+    def _write_snapshot_or_stop(self, idx: int, parts: tuple, took: float) -> None:
+        try:
+            self._write_snapshot(idx, parts, took)
+        except Exception as exc:  # a failed write or fsync is never retried: the node stops (DESIGN rule 5)
+            log.critical("snapshot at %d could not be written: %s", idx, exc)
+            self.node.fatal(f"snapshot at {idx} could not be written: {exc}")
+
+    def _await_writer(self, timeout: float | None = None) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout)
+            self._writer = None
 
     def _snapshot_taken(self, size: int) -> None:
         self.applied_bytes = 0
@@ -299,6 +330,7 @@ class ApplierActor(SupervisedActor):
                 log.warning("snapshot from node %d refused (%s); asking the next peer", peer, exc)
                 fetch.next_peer(pause=True)
                 return
+            self._await_writer()  # an older file of ours still being written goes first
             self.snapshots.install(self._checked(snap), data)  # durable before it is restored (rule 4)
             self.fetch = None
             self._install(snap)
@@ -412,5 +444,6 @@ class ApplierActor(SupervisedActor):
         self.node.local_reads_answered += len(queries)  # this thread alone writes it (the gateway reads it)
 
     def release(self) -> None:
+        self._await_writer(timeout=30.0)  # a file half written is only a temporary one, but let it finish
         super().release()
         self.sm.close()

@@ -163,6 +163,9 @@ class SequencePaxosActor(SupervisedActor):
                             decided_idx=self.base + core.decided_idx, config_id=core.cfg.config_id,
                             members=core.nodes, accepting=core.leader_has_caught_up())
         if status != self._status:
+            if status.leader != (self._status.leader if self._status is not None else 0):  # elections, for operators
+                log.info("leader is node %d (ballot %d,%d,%d; this node is %s)", status.leader, status.ballot.n,
+                         status.ballot.priority, status.ballot.pid, status.role)
             self._status = status
             self.node.gateway.tell(status)
 

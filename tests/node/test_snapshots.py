@@ -2,6 +2,7 @@
 rows really go, a restart restores snapshot + suffix, a crash at any point leaves a usable state, a node
 behind every compaction point pulls the state from a peer, and exactly-once survives all of it."""
 import sqlite3
+import threading
 import time
 
 import msgpack
@@ -167,14 +168,54 @@ def test_a_large_state_is_snapshotted_only_once_the_requests_since_add_up_to_a_s
     for entry, i in zip(big, range(10)):
         entry["w"]["value"] = b"%d" % i * 20_000  # ten 20 kB values: a state of about 200 kB
     ref = run_applier(node, KVStateMachine(), [DecidedEntries(0, tuple(big))], snapshots=store, snapshot_every=10)
-    first = store.path(10).stat().st_size
     due = ref.proxy().snapshot_due_bytes.get()
-    assert first * SNAPSHOT_GROWTH <= due <= first * SNAPSHOT_GROWTH * 1.25
     small = [{**put(i), "n": 100} for i in range(10, 10 + 2 * due // 100)]
     ref.ask(Apply((DecidedEntries(10, tuple(small)),)))
     reached = 10 + -(-due // 100)  # applied count once the request bytes since the first file reach `due`
     ref.stop()
     assert store.indexes() == [10, reached]  # not at 20, 30, ... as the entry count alone would say
+    first = store.path(10).stat().st_size
+    assert first * SNAPSHOT_GROWTH <= due <= first * SNAPSHOT_GROWTH * 1.25
+
+
+class SlowStore(SnapshotStore):
+    """A snapshot store whose file writes wait until the test lets them go (or fail, if told to)."""
+
+    def __init__(self, directory, fail: bool = False):
+        super().__init__(directory)
+        self.release, self.fail, self.started = threading.Event(), fail, threading.Event()
+
+    def write(self, idx, payload):
+        self.started.set()
+        assert self.release.wait(10)
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        super().write(idx, payload)
+
+
+def test_the_applier_keeps_applying_while_a_snapshot_file_is_written_and_compacts_only_once_it_is_durable(tmp_path):
+    node, store = FakeNode(), SlowStore(tmp_path)
+    ref = run_applier(node, KVStateMachine(), [DecidedEntries(0, tuple(put(i) for i in range(10)))],
+                      snapshots=store, snapshot_every=10)
+    assert store.started.wait(10)  # the file for 10 is being written ...
+    ref.ask(Apply((DecidedEntries(10, tuple(put(i) for i in range(10, 15))),)))
+    assert ref.proxy().applied.get() == 15  # ... while entries are applied and answered
+    assert len(replies(node)) == 15 and store.indexes() == []
+    store.release.set()
+    ref.ask(Apply((DecidedEntries(15, tuple(put(i) for i in range(15, 25))),)))  # the next file waits for it
+    ref.stop()
+    assert store.indexes() == [10, 20]
+    assert [m.idx for m in node.told if isinstance(m, CompactLog)] == [10]  # told after 20 was durable
+
+
+def test_a_snapshot_file_that_cannot_be_written_stops_the_node(tmp_path):
+    """A failed write or fsync is never retried (DESIGN.md rule 5), on the writer thread as anywhere."""
+    node, store = FakeNode(), SlowStore(tmp_path, fail=True)
+    ref = run_applier(node, KVStateMachine(), [DecidedEntries(0, tuple(put(i) for i in range(10)))],
+                      snapshots=store, snapshot_every=10)
+    store.release.set()
+    ref.stop()
+    assert "snapshot at 10 could not be written" in node.fatal_reason and store.indexes() == []
 
 
 def test_restart_restores_the_snapshot_then_applies_only_the_log_suffix(tmp_path):

@@ -261,6 +261,24 @@ def test_snapshot_is_msgpack_and_restore_rejects_garbage_without_change(kv, log)
     assert kv.query({"op": "get", "key": "k"})["value"] == 1
 
 
+def test_a_snapshot_packed_in_chunks_is_the_same_map_as_one_packed_whole():
+    """A large state is packed a chunk of items per call (so no single call holds the GIL for long): the
+    bytes must still be one plain msgpack map of the three columns, and restore to the same state."""
+    kv = KVStateMachine()
+    for i in range(10_000):
+        kv.apply(i, {"op": "put", "key": f"k{(i * 7919) % 9_000:05d}", "value": bytes([i % 256]) * (i % 40)})
+    kv.apply(10_000, {"op": "delete", "key": "k00003"})
+    data = kv.snapshot()
+    pairs = list(dict.values(kv._data))
+    assert data == msgpack.packb({"format": "omni.kv/1", "revision": kv._revision, "applied_index": 10_001,
+                                  "keys": list(dict.keys(kv._data)), "values": [v for v, _ in pairs],
+                                  "mod_revisions": [m for _, m in pairs]}, use_bin_type=True)
+    other = KVStateMachine()
+    other.restore(data)
+    assert other.snapshot() == data
+    assert other.query({"op": "range", "prefix": "k0000"}) == kv.query({"op": "range", "prefix": "k0000"})
+
+
 def _random_kv_command(rng):
     key = f"k{rng.randrange(30)}"
     roll = rng.random()
