@@ -19,12 +19,13 @@ dropped once no request can still be waiting for it (MAX_TIMEOUT): its client go
 Snapshots (actors/snapshots.py has the file format and the rules that make them crash-safe): the Applier
 writes the state machine's snapshot, plus `Sessions` for a machine without ``keeps_sessions``, to a durable
 file, then lets SequencePaxos compact the log behind it. It does so once ``snapshot_every`` entries are
-applied since the last file AND the requests applied since then add up to SNAPSHOT_GROWTH of that file's
-size: a snapshot costs time in proportion to the state, so a fixed entry count made a large state snapshot
-all the time (a million keys: a 124 MB file every 10,000 puts, pipelined puts fell from about 7,000/s to
-1,942/s with a p99 of 3.8 s). This way each request pays a bounded share of snapshotting whatever the
-state's size, and the log kept in between stays a bounded share of it. The byte threshold is stretched by
-up to a quarter per node (from its id) so that the nodes of a cluster do not all pause at the same index.
+applied since the last file AND the requests applied since then (their sizes plus ENTRY_OVERHEAD each) add
+up to SNAPSHOT_GROWTH of that file's size: a snapshot costs time in proportion to the state, so a fixed
+entry count made a large state snapshot all the time (a million keys: a 124 MB file every 10,000 puts;
+pipelined puts fell from about 5,500/s to 1,918/s with a p99 of 3.7 s). This way each request pays a
+bounded share of snapshotting whatever the state's size, and the log kept in between stays a bounded share
+of it. The threshold is stretched by up to a quarter per node (from its id) so that the nodes of a cluster
+do not all pause at the same index. The file itself is written on a thread of its own (`_take_snapshot`).
 At start it restores the newest file and applies only the log suffix above it. When the log hands it a
 `DecidedSnapshot` beyond what it applied (its entries are compacted everywhere it could get them), it
 holds back later items, pulls a snapshot file from a peer, installs it, and goes on.
@@ -52,7 +53,12 @@ log = logging.getLogger("omni.applier")
 
 INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError)
 SNAPSHOT_GROWTH = 0.25  # request bytes applied since the last snapshot, as a share of its size, before the next
-ENTRY_BYTES = 64  # assumed size of an entry that does not record its request's ("n"): older logs, no-ops
+# An entry's weight: its request's size ("n", recorded by the gateway; ENTRY_BYTES where absent: older logs,
+# no-ops) plus what holding it costs besides (the core keeps decided entries in memory until compaction,
+# as Python objects several times the request's size: counting only the request let the log of a
+# million-key state grow to 400,000 entries, 450 MiB more per node).
+ENTRY_BYTES = 64
+ENTRY_OVERHEAD = 256
 
 SEQS_PER_CLIENT = SESSION_SEQS
 MAX_CLIENTS = SESSION_CLIENTS
@@ -205,7 +211,7 @@ class ApplierActor(SupervisedActor):
                 self._configuration_ends(entry)
             elif every:
                 size = entry.get("n") if isinstance(entry, dict) else None
-                self.applied_bytes += size if isinstance(size, int) and size > 0 else ENTRY_BYTES
+                self.applied_bytes += (size if isinstance(size, int) and size > 0 else ENTRY_BYTES) + ENTRY_OVERHEAD
                 if self.applied - self.last_snapshot >= every and self.applied_bytes >= self.snapshot_due_bytes:
                     self._take_snapshot()
 

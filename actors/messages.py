@@ -19,7 +19,7 @@ MAX_TIMEOUT = 300.0  # seconds: the longest timeout a client request may ask for
 
 @dataclass(frozen=True)
 class Tick:
-    """Ticker to BLE, SequencePaxos and ClientGateway, every tick interval."""
+    """Ticker to BLE, SequencePaxos, ClientGateway and Applier, every tick interval."""
 
 
 @dataclass(frozen=True)

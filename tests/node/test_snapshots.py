@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from omni.actors import snapshots as snapshots_module
-from omni.actors.applier import SNAPSHOT_GROWTH, ApplierActor
+from omni.actors.applier import ENTRY_OVERHEAD, SNAPSHOT_GROWTH, ApplierActor
 from omni.actors.log_store import SQLiteLogStore
 from omni.actors.messages import Apply, CompactLog, Replies, Reply, Tick
 from omni.actors.snapshots import (
@@ -161,17 +161,19 @@ def test_applier_snapshots_every_n_entries_and_compacts_only_behind_the_previous
 
 def test_a_large_state_is_snapshotted_only_once_the_requests_since_add_up_to_a_share_of_its_size(tmp_path):
     """A snapshot costs time in proportion to the state: a fixed entry count would re-write a large state
-    every few requests. The next file waits until the requests applied since the last one (their "n",
-    the request size the gateway records) reach SNAPSHOT_GROWTH of its size, stretched per node."""
+    every few requests. The next file waits until the requests applied since the last one (their "n", the
+    request size the gateway records, plus a fixed overhead each) reach SNAPSHOT_GROWTH of its size,
+    stretched per node."""
     node, store = FakeNode(), SnapshotStore(tmp_path)
     big = [{**put(i), "n": 20_000} for i in range(10)]
     for entry, i in zip(big, range(10)):
         entry["w"]["value"] = b"%d" % i * 20_000  # ten 20 kB values: a state of about 200 kB
     ref = run_applier(node, KVStateMachine(), [DecidedEntries(0, tuple(big))], snapshots=store, snapshot_every=10)
     due = ref.proxy().snapshot_due_bytes.get()
-    small = [{**put(i), "n": 100} for i in range(10, 10 + 2 * due // 100)]
+    weight = 100 + ENTRY_OVERHEAD  # what each small entry counts for
+    small = [{**put(i), "n": 100} for i in range(10, 10 + 2 * due // weight)]
     ref.ask(Apply((DecidedEntries(10, tuple(small)),)))
-    reached = 10 + -(-due // 100)  # applied count once the request bytes since the first file reach `due`
+    reached = 10 + -(-due // weight)  # applied count once the weight since the first file reaches `due`
     ref.stop()
     assert store.indexes() == [10, reached]  # not at 20, 30, ... as the entry count alone would say
     first = store.path(10).stat().st_size
