@@ -239,9 +239,9 @@ class ApplierActor(SupervisedActor):
         self.applied = max(self.applied, idx)
 
     def _take_snapshot(self, wait: bool = False) -> None:
-        """Take the state's bytes here (they must match ``applied``), then write the file on a thread of its
-        own unless ``wait``: writing and fsyncing 124 MB (a million keys) kept this thread, and every reply
-        of this node, waiting for up to half a second. One file at a time, in index order."""
+        """Capture the state here (it must match ``applied``), then encode it and write the file on a thread
+        of its own unless ``wait``: encoding, writing and fsyncing a million keys (124 MB) kept this thread,
+        and every reply of this node, waiting for seconds. One file at a time, in index order."""
         if self.snapshots is None:
             return
         self._await_writer()
@@ -249,31 +249,34 @@ class ApplierActor(SupervisedActor):
         self.last_snapshot = idx = self.applied  # also when it fails below: try again an interval later
         self.applied_bytes = 0
         started = time.monotonic()
-        try:
-            parts = payload_parts(self.sm_name, self.sm.snapshot(), sessions)
-        except SnapshotError as exc:  # the node still works; only its log is not compacted
-            log.error("no snapshot at %d: %s", idx, exc)
-            return
-        self._snapshot_taken(sum(len(part) for part in parts))
-        took = time.monotonic() - started
+        encode = self.sm.snapshot_later()
+        paused = time.monotonic() - started
         if wait:
-            return self._write_snapshot(idx, parts, took)
-        self._writer = threading.Thread(target=self._write_snapshot_or_stop, args=(idx, parts, took),
+            return self._write_snapshot(idx, encode, sessions, paused)
+        self._writer = threading.Thread(target=self._write_snapshot_or_stop, args=(idx, encode, sessions, paused),
                                         name=f"omni-snapshot-{self.node.pid}", daemon=True)
         self._writer.start()
 
-    def _write_snapshot(self, idx: int, parts: tuple, took: float) -> None:
-        """Make the file durable, and only then let the core compact behind the previous one (snapshots.py
-        rules 1 and 2)."""
+    def _write_snapshot(self, idx: int, encode, sessions, paused: float) -> None:
+        """Encode, make the file durable, and only then let the core compact behind the previous one
+        (snapshots.py rules 1 and 2)."""
         started = time.monotonic()
+        try:
+            parts = payload_parts(self.sm_name, encode(), sessions)
+        except SnapshotError as exc:  # the node still works; only its log is not compacted
+            log.error("no snapshot at %d: %s", idx, exc)
+            return
+        encoded = time.monotonic()
         self.snapshots.write(idx, parts)
-        log.info("snapshot at %d written (%d bytes; %.2f s to take, %.2f s to write)", idx,
-                 sum(len(part) for part in parts), took, time.monotonic() - started)
+        size = sum(len(part) for part in parts)
+        self.snapshot_due_bytes = int(size * SNAPSHOT_GROWTH * self._stretch)
+        log.info("snapshot at %d written (%d bytes; the Applier paused %.2f s, %.2f s to encode, %.2f s to write)",
+                 idx, size, paused, encoded - started, time.monotonic() - encoded)
         self._compact_behind()
 
-    def _write_snapshot_or_stop(self, idx: int, parts: tuple, took: float) -> None:
+    def _write_snapshot_or_stop(self, idx: int, encode, sessions, paused: float) -> None:
         try:
-            self._write_snapshot(idx, parts, took)
+            self._write_snapshot(idx, encode, sessions, paused)
         except Exception as exc:  # a failed write or fsync is never retried: the node stops (DESIGN rule 5)
             log.critical("snapshot at %d could not be written: %s", idx, exc)
             self.node.fatal(f"snapshot at {idx} could not be written: {exc}")

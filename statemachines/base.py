@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: the session window, the same on every node (the table is replicated state): outcomes kept per client
 SESSION_SEQS = 64
@@ -84,9 +84,19 @@ class StateMachine(ABC):
     def snapshot(self) -> bytes:
         """The whole state (including ``applied_index``) as bytes.
 
-        The node takes one every ``--snapshot-every`` applied entries, writes it to a file and compacts the
-        log behind it; a node that falls behind the compaction point receives a peer's instead. Taken on
-        the Applier's thread between two entries, so it blocks applying while it runs; at most 4 GiB."""
+        The node takes one every ``--snapshot-every`` applied entries (more for a large state), writes it to
+        a file and compacts the log behind it; a node that falls behind the compaction point receives a
+        peer's instead. Taken on the Applier's thread between two entries, so it blocks applying while it
+        runs (see `snapshot_later`); at most 4 GiB."""
+
+    def snapshot_later(self) -> Callable[[], bytes]:
+        """Capture the state now, on the Applier's thread, and return a function that turns the capture into
+        `snapshot`'s bytes later, on the thread that writes the file, while entries go on being applied.
+
+        Override it where capturing is much cheaper than encoding and later applies cannot change what was
+        captured (kv: two shallow list copies of immutable values); the default encodes at once."""
+        data = self.snapshot()
+        return lambda: data
 
     @abstractmethod
     def restore(self, data: bytes) -> None:

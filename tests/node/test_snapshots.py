@@ -169,6 +169,9 @@ def test_a_large_state_is_snapshotted_only_once_the_requests_since_add_up_to_a_s
     for entry, i in zip(big, range(10)):
         entry["w"]["value"] = b"%d" % i * 20_000  # ten 20 kB values: a state of about 200 kB
     ref = run_applier(node, KVStateMachine(), [DecidedEntries(0, tuple(big))], snapshots=store, snapshot_every=10)
+    deadline = time.monotonic() + 10
+    while not ref.proxy().snapshot_due_bytes.get() and time.monotonic() < deadline:  # set once the file is written
+        time.sleep(0.01)
     due = ref.proxy().snapshot_due_bytes.get()
     weight = 100 + ENTRY_OVERHEAD  # what each small entry counts for
     small = [{**put(i), "n": 100} for i in range(10, 10 + 2 * due // weight)]

@@ -279,6 +279,21 @@ def test_a_snapshot_packed_in_chunks_is_the_same_map_as_one_packed_whole():
     assert other.query({"op": "range", "prefix": "k0000"}) == kv.query({"op": "range", "prefix": "k0000"})
 
 
+def test_a_snapshot_captured_before_more_applies_encodes_the_state_at_capture():
+    """The Applier captures the state between two entries and encodes it on another thread while it applies
+    on: nothing applied after the capture may leak into the file."""
+    kv, reference = KVStateMachine(), KVStateMachine()
+    for i in range(5000):
+        command = {"op": "put", "key": f"k{i % 3000}", "value": [i]}
+        kv.apply(i, command)
+        reference.apply(i, command)
+    encode = kv.snapshot_later()
+    kv.apply(5000, {"op": "put", "key": "k1", "value": "changed"})
+    kv.apply(5001, {"op": "delete", "key": "k2"})
+    kv.apply(5002, {"op": "put", "key": "new", "value": 1})
+    assert encode() == reference.snapshot()
+
+
 def _random_kv_command(rng):
     key = f"k{rng.randrange(30)}"
     roll = rng.random()
