@@ -390,7 +390,9 @@ def free_base_port(nodes: int) -> int:
     """A base port B with B+1..B+N (peers) and B+101..B+100+N (clients) all free on loopback."""
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 60000, 200)
+        # Below Linux's ephemeral range (32768-60999 by default), from which every outgoing connection on the
+        # machine takes its local port: a port free now there may be some client's a moment later.
+        base = rng.randrange(10000, 32000, 200)
         if _ports_free([base + p for p in range(1, nodes + 1)] + [base + 100 + p for p in range(1, nodes + 1)]):
             return base
     raise click.ClickException("no free ports for a local cluster")

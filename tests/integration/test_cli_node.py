@@ -7,6 +7,7 @@ import time
 from click.testing import CliRunner
 
 from omni.cli import main
+from omni.cli.bench import free_base_port
 from omni.client import Client
 
 from .cluster import free_ports
@@ -81,7 +82,7 @@ def test_node_whose_port_is_taken_exits_with_an_error(tmp_path):
 
 
 def test_cluster_up_serves_clients_and_ctrl_c_stops_every_node(tmp_path):
-    base = free_ports(1)[0] % 50000 + 10000  # node N: peers on base+N, clients on base+100+N
+    base = free_base_port(3)  # node N: peers on base+N, clients on base+100+N, all six checked free
     proc = subprocess.Popen([sys.executable, "-m", "omni.cli", "cluster", "up", "--base-port", str(base),
                              "--data-dir", str(tmp_path)], stderr=subprocess.PIPE, text=True)
     endpoints = [f"tcp://127.0.0.1:{base + 100 + n}" for n in (1, 2, 3)]
