@@ -163,9 +163,13 @@ class SequencePaxosActor(SupervisedActor):
                             decided_idx=self.base + core.decided_idx, config_id=core.cfg.config_id,
                             members=core.nodes, accepting=core.leader_has_caught_up())
         if status != self._status:
-            if status.leader != (self._status.leader if self._status is not None else 0):  # elections, for operators
-                log.info("leader is node %d (ballot %d,%d,%d; this node is %s)", status.leader, status.ballot.n,
-                         status.ballot.priority, status.ballot.pid, status.role)
+            was_leading = self._status is not None and self._status.leader == self.node.pid
+            if (status.leader == self.node.pid) != was_leading:  # elections, for operators: one line per change
+                ballot = f"{status.ballot.n},{status.ballot.priority},{status.ballot.pid}"
+                if was_leading:
+                    log.info("no longer the leader (ballot %s; leader now %s)", ballot, status.leader or "unknown")
+                else:
+                    log.info("now the leader (ballot %s)", ballot)
             self._status = status
             self.node.gateway.tell(status)
 
