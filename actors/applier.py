@@ -24,8 +24,9 @@ up to SNAPSHOT_GROWTH of that file's size: a snapshot costs time in proportion t
 entry count made a large state snapshot all the time (a million keys: a 124 MB file every 10,000 puts;
 pipelined puts fell from about 5,500/s to 1,918/s with a p99 of 3.7 s). This way each request pays a
 bounded share of snapshotting whatever the state's size, and the log kept in between stays a bounded share
-of it. The threshold is stretched by up to a quarter per node (from its id) so that the nodes of a cluster
-do not all pause at the same index. The file itself is written on a thread of its own (`_take_snapshot`).
+of it. The byte threshold is stretched by up to a quarter per node (from its id) so that the nodes of a
+cluster do not all pause at the same index (a small state, where the entry count decides, still does).
+While a file is being written, a snapshot that falls due waits for it (one file at a time, in order). The file itself is written on a thread of its own (`_take_snapshot`).
 At start it restores the newest file and applies only the log suffix above it. When the log hands it a
 `DecidedSnapshot` beyond what it applied (its entries are compacted everywhere it could get them), it
 holds back later items, pulls a snapshot file from a peer, installs it, and goes on.
@@ -278,6 +279,9 @@ class ApplierActor(SupervisedActor):
         try:
             self._write_snapshot(idx, encode, sessions, paused)
         except Exception as exc:  # a failed write or fsync is never retried: the node stops (DESIGN rule 5)
+            if self.node.stopping:  # e.g. SequencePaxos already stopped when the file was done: nothing lost
+                log.info("snapshot at %d not completed while the node stops: %s", idx, exc)
+                return
             log.critical("snapshot at %d could not be written: %s", idx, exc)
             self.node.fatal(f"snapshot at {idx} could not be written: {exc}")
 
@@ -435,7 +439,7 @@ class ApplierActor(SupervisedActor):
         """Forget queries older than any request's timeout: the gateway has answered them TIMEOUT already."""
         horizon = now - MAX_TIMEOUT - 1.0
         since = self.waiting_since
-        if any(since.get(q.req, now) < horizon for q in self.waiting):
+        if since.get(self.waiting[0].req, now) < horizon:  # the list is in arrival order: oldest first
             self.waiting = [q for q in self.waiting if since.get(q.req, now) >= horizon]
             for req in [r for r, t in since.items() if t < horizon]:
                 del since[req]
@@ -453,6 +457,8 @@ class ApplierActor(SupervisedActor):
         self.node.local_reads_answered += len(queries)  # this thread alone writes it (the gateway reads it)
 
     def release(self) -> None:
-        self._await_writer(timeout=30.0)  # a file half written is only a temporary one, but let it finish
+        # Wait a while for a file being written (a stop that gives up earlier leaves a temporary file, which
+        # the next start deletes: the previous file is still whole).
+        self._await_writer(timeout=30.0)
         super().release()
         self.sm.close()

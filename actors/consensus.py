@@ -36,6 +36,7 @@ class SequencePaxosActor(SupervisedActor):
         self.base = base  # global index of this configuration's log index 0
         self._status = None
         self._promise = None
+        self._leading = False  # as last logged (kept across configurations)
         self._since_drain = 0
         self._reads: dict[int, dict] = {}  # linearizable reads the core is confirming: request number -> request
 
@@ -163,10 +164,11 @@ class SequencePaxosActor(SupervisedActor):
                             decided_idx=self.base + core.decided_idx, config_id=core.cfg.config_id,
                             members=core.nodes, accepting=core.leader_has_caught_up())
         if status != self._status:
-            was_leading = self._status is not None and self._status.leader == self.node.pid
-            if (status.leader == self.node.pid) != was_leading:  # elections, for operators: one line per change
+            leading = status.leader == self.node.pid
+            if leading != self._leading:  # elections, for operators: one line per change (not per configuration)
+                self._leading = leading
                 ballot = f"{status.ballot.n},{status.ballot.priority},{status.ballot.pid}"
-                if was_leading:
+                if not leading:
                     log.info("no longer the leader (ballot %s; leader now %s)", ballot, status.leader or "unknown")
                 else:
                     log.info("now the leader (ballot %s)", ballot)

@@ -8,8 +8,9 @@ TOO_LARGE) and the gateway moves on. Valid requests are routed:
 - reads by consistency: ``linearizable`` (default) is confirmed by the leader with one round to a quorum
   (ReadIndex, see paxos/reads.py; a follower forwards it to the leader) and answered from the leader's
   state once that has applied the read's index; ``leader`` is served from the leader's state without a
-  round (forwarded to the leader when this node is not it); ``local`` is served from this node's state at
-  once and may be stale (the Applier answers the client itself).
+  round (forwarded to the leader when this node is not it); ``local`` is served from this node's state
+  without waiting for anything and may be stale (the reads of one mailbox drain go to the Applier in one
+  message; it answers the clients itself, or TIMEOUT if it got to one past its deadline).
 A request that is not answered within its timeout gets TIMEOUT, an indefinite outcome: the write may
 still be applied later, which a retry with the same ``client`` and ``seq`` resolves safely.
 """

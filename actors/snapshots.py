@@ -37,7 +37,8 @@ Rules, and why each holds under a crash at any point:
    newest file with idx >= C from its peers, a chunk at a time over the node-level peer link (one request
    in flight, a timeout moves to the next peer; every request has a fresh number so a late reply is
    ignored). Some peer always has one: C came from a node that compacted only below its own durable file,
-   and files only move forward. The pulled bytes are checked (header, length, CRC, state machine name),
+   and files only move forward. (Nodes snapshot at different indexes, so while that node is down the
+   others may have nothing at or past C until their own next file: the pull keeps asking around.) The pulled bytes are checked (header, length, CRC, state machine name),
    written as this node's own file (rule 1), then restored; a crash anywhere in between repeats the pull
    or finds the file at restart. The snapshot may be newer than this node's decided index: every decided
    prefix is the same everywhere, so entries below it are then simply skipped.
@@ -103,6 +104,8 @@ class Snapshot:
 def payload_parts(sm: str, state: bytes, sessions: Any) -> tuple[bytes, bytes, bytes]:
     """The payload as three parts whose concatenation is the msgpack map of the file format, without copying
     ``state`` into it (a million-key state is over 100 MB: the copy alone took up to half a second)."""
+    if not isinstance(state, (bytes, bytearray)):  # a plug-in's mistake: no snapshot, the node goes on
+        raise SnapshotError(f"the state machine's snapshot is a {type(state).__name__}, not bytes")
     if len(state) > MAX_STATE:
         raise SnapshotError(f"a state of {len(state)} bytes exceeds the snapshot limit of {MAX_STATE} bytes")
     packer = msgpack.Packer(use_bin_type=True)

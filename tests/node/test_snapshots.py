@@ -139,6 +139,12 @@ def test_a_snapshot_written_in_parts_is_the_same_file_as_one_written_whole(tmp_p
         assert parts.load(size + 1).state == state
 
 
+def test_a_snapshot_that_is_not_bytes_is_refused_as_a_snapshot_error():
+    """A plug-in's snapshot() returning text is its mistake: no file, the node goes on (not a crash)."""
+    with pytest.raises(SnapshotError, match="not bytes"):
+        payload_parts("plugin", "some text", None)
+
+
 def test_an_interrupted_snapshot_write_leaves_the_previous_file_valid(tmp_path):
     store = SnapshotStore(tmp_path)
     store.write(10, encode_payload("kv", b"ten", None))
@@ -296,10 +302,14 @@ def test_a_node_behind_every_compaction_point_pulls_the_snapshot_from_a_peer_in_
     entries = tuple(put(i) for i in range(35))
     source_sm, behind_sm = KVStateMachine(), KVStateMachine()
     source, empty, behind = FakeNode(1), FakeNode(3), FakeNode(2, members=(3, 1, 2))  # asks 3 first
-    refs = {1: run_applier(source, source_sm, [DecidedEntries(0, entries)], snapshots=SnapshotStore(tmp_path / "1"),
+    source_store = SnapshotStore(tmp_path / "1")
+    refs = {1: run_applier(source, source_sm, [DecidedEntries(0, entries)], snapshots=source_store,
                            snapshot_every=10),
             3: run_applier(empty, KVStateMachine(), [], snapshots=SnapshotStore(tmp_path / "3"))}
     refs[2] = run_applier(behind, behind_sm, [], snapshots=SnapshotStore(tmp_path / "2"), tick_seconds=0.01)
+    end = time.monotonic() + 20
+    while source_store.newest() < 30 and time.monotonic() < end:  # written on its own thread
+        time.sleep(0.01)
     for node in (source, empty, behind):
         node.route = lambda dst, message: refs[dst].tell(message)
     try:
