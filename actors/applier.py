@@ -270,7 +270,7 @@ class ApplierActor(SupervisedActor):
         encoded = time.monotonic()
         self.snapshots.write(idx, parts)
         size = sum(len(part) for part in parts)
-        self.snapshot_due_bytes = int(size * SNAPSHOT_GROWTH * self._stretch)
+        self._set_due(size)  # this thread's only write to the Applier's state (it has moved on meanwhile)
         log.info("snapshot at %d written (%d bytes; the Applier paused %.2f s, %.2f s to encode, %.2f s to write)",
                  idx, size, paused, encoded - started, time.monotonic() - encoded)
         self._compact_behind()
@@ -293,6 +293,10 @@ class ApplierActor(SupervisedActor):
 
     def _snapshot_taken(self, size: int) -> None:
         self.applied_bytes = 0
+        self._set_due(size)
+
+    def _set_due(self, size: int) -> None:
+        """The weight of entries the next snapshot waits for, after a file of ``size`` bytes."""
         self.snapshot_due_bytes = int(size * SNAPSHOT_GROWTH * self._stretch)
 
     def _compact_behind(self) -> None:

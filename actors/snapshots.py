@@ -123,10 +123,6 @@ def _bin_header(n: int) -> bytes:
     return b"\xc6" + n.to_bytes(4, "big")
 
 
-def encode_payload(sm: str, state: bytes, sessions: Any) -> bytes:
-    return b"".join(payload_parts(sm, state, sessions))
-
-
 def header(idx: int, parts: tuple) -> bytes:
     """The file header for a payload given as consecutive parts."""
     crc = 0

@@ -13,7 +13,7 @@ from omni.actors.applier import ENTRY_OVERHEAD, SNAPSHOT_GROWTH, ApplierActor
 from omni.actors.log_store import SQLiteLogStore
 from omni.actors.messages import Apply, CompactLog, Replies, Reply, Tick
 from omni.actors.snapshots import (
-    MARKER, MarkerSnapshotter, SnapshotError, SnapshotStore, encode_payload, payload_parts,
+    MARKER, MarkerSnapshotter, SnapshotError, SnapshotStore, payload_parts,
 )
 from omni.paxos import AcceptSync, PaxosConfig, SequencePaxos
 from omni.paxos.sequence_paxos import DecidedEntries, DecidedSnapshot
@@ -117,7 +117,7 @@ def test_log_disk_use_stays_bounded_under_endless_appends_with_compaction(tmp_pa
 
 def test_snapshot_file_round_trips_and_a_corrupt_one_is_refused(tmp_path):
     store, sessions = SnapshotStore(tmp_path), [["c", 0, [[1, True, {"r": 1}, "", ""]]]]
-    store.write(42, encode_payload("kv", b"state", sessions))
+    store.write(42, payload_parts("kv", b"state", sessions))
     snap = store.load(42)
     assert (snap.idx, snap.sm, snap.state, snap.sessions) == (42, "kv", b"state", sessions)
     data = bytearray(store.path(42).read_bytes())
@@ -147,7 +147,7 @@ def test_a_snapshot_that_is_not_bytes_is_refused_as_a_snapshot_error():
 
 def test_an_interrupted_snapshot_write_leaves_the_previous_file_valid(tmp_path):
     store = SnapshotStore(tmp_path)
-    store.write(10, encode_payload("kv", b"ten", None))
+    store.write(10, payload_parts("kv", b"ten", None))
     (tmp_path / "snapshot-00000000000000000020.omni.tmp").write_bytes(b"OMNISNAP half a fi")  # crash mid-write
     store = SnapshotStore(tmp_path)  # the restart
     assert store.indexes() == [10] and store.load(10).state == b"ten"
@@ -330,7 +330,7 @@ def test_a_node_behind_every_compaction_point_pulls_the_snapshot_from_a_peer_in_
 
 def test_a_snapshot_of_another_state_machine_stops_the_node(tmp_path):
     store = SnapshotStore(tmp_path)
-    store.write(10, encode_payload("sql", b"...", None))
+    store.write(10, payload_parts("sql", b"...", None))
     with pytest.raises(SnapshotError, match="state machine"):
         ApplierActor(FakeNode(), KVStateMachine(), snapshots=store)
 
