@@ -5,11 +5,20 @@ Rules:
   `Outbox`: each thread gets its own inproc PUSH socket (created lazily in that thread), and the transport
   reads them all from one PULL socket.
 - Peers: one ROUTER bound on ``listen`` receives from everyone; one DEALER per peer (routing id = our pid)
-  sends to that peer's ROUTER. DEALERs use ZMQ_IMMEDIATE and a bounded high-water mark, so a message to a
-  peer that is down or too slow is dropped and counted instead of piling up: the protocol resends what
-  matters. ZMTP heartbeats notice a dead link; every later re-connect is reported as `Reconnected(pid)`.
-  The ROUTER hands a routing id over to the newest connection (a peer that reconnects after a partition
-  must be heard even while its old, half-open connection still looks alive here).
+  sends to that peer's ROUTER. DEALERs use ZMQ_IMMEDIATE and a bounded send high-water mark, so a message
+  to a peer that is down or too slow is dropped and counted instead of piling up: the protocol resends
+  what matters. The DEALERs' ZMTP heartbeats notice a dead link; every later re-connect is reported as
+  `Reconnected(pid)`. The ROUTER hands a routing id over to the newest connection (a peer that reconnects
+  after a partition must be heard even while its old, half-open connection still looks alive here);
+  TCP keepalive closes such half-open connections.
+- No receive pipe has a high-water mark, and the inbound ROUTER runs no ZMTP heartbeats of its own. libzmq
+  4.3.5 aborts the whole process (``Assertion failed: !_io_error (stream_engine_base.cpp:310)``, see
+  zeromq/libzmq#4841) when a connection whose input was stopped, by a full receive pipe or by a handover
+  that took its pipe away, then fails (a reset) and later sends anything: its own heartbeat timer, or the
+  PONG to a PING still buffered behind the full pipe. A peer that was killed while this node was stalled,
+  a client that flooded and reset, or any stranger on the port could kill the node that way. Memory is
+  bounded instead by what the senders produce: peers by their own send high-water mark, clients by the
+  gateway's in-flight cap (it answers UNAVAILABLE beyond it) and their own windows.
 - Peer frames are one byte of kind (core protocol or node-level) followed by the body. Anything that does
   not decode, or claims to come from another pid than the link it arrived on, is dropped and counted.
 - Clients: a ROUTER on ``client`` with ROUTER_MANDATORY (a reply to a vanished client is counted, not lost
@@ -34,8 +43,10 @@ log = logging.getLogger("omni.transport")
 
 KIND_CORE = b"\x00"
 KIND_NODE = b"\x01"
-PEER_HWM = 20_000
+PEER_HWM = 20_000  # send side only (see the module docstring for the receive side)
 CLIENT_HWM = 100_000
+KEEPALIVE = ((zmq.TCP_KEEPALIVE, 1), (zmq.TCP_KEEPALIVE_IDLE, 2), (zmq.TCP_KEEPALIVE_INTVL, 1),
+             (zmq.TCP_KEEPALIVE_CNT, 3))  # a silent inbound connection is closed after about 5 s
 MAX_CLIENT_FRAME = 128 * 1024 * 1024  # larger frames are dropped by ZeroMQ itself (no reply possible)
 
 
@@ -189,21 +200,21 @@ class Transport(threading.Thread):
         pull = sock(zmq.PULL)
         pull.bind(self.outbox.address)
         inbox = sock(zmq.ROUTER)
-        inbox.setsockopt(zmq.RCVHWM, PEER_HWM)
+        inbox.setsockopt(zmq.RCVHWM, 0)  # never stops reading: the libzmq abort in the module docstring
         inbox.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME + 16)  # larger: the peer is disconnected unread
         # A partition that drops packets leaves us holding a peer's old connection (its FIN was dropped
         # too) while the peer reconnects under the same routing id. Without handover libzmq parks the new
-        # connection's messages for ever; with it the newest connection wins. Heartbeats close inbound
-        # connections that went silent, so half-open ones do not linger either.
+        # connection's messages for ever; with it the newest connection wins. Keepalive, not ZMTP
+        # heartbeats (the displaced connection is one whose input libzmq stopped), closes the old one.
         inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        inbox.setsockopt(zmq.HEARTBEAT_IVL, 500)
-        inbox.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2000)
+        for option, value in KEEPALIVE:
+            inbox.setsockopt(option, value)
         inbox.bind(self.listen)
         clients = sock(zmq.ROUTER)
         clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
         clients.setsockopt(zmq.MAXMSGSIZE, MAX_CLIENT_FRAME)
         clients.setsockopt(zmq.SNDHWM, CLIENT_HWM)
-        clients.setsockopt(zmq.RCVHWM, CLIENT_HWM)
+        clients.setsockopt(zmq.RCVHWM, 0)
         clients.bind(self.client_endpoint)
         self._dealers, self._monitors = {}, {}
         self._poller = zmq.Poller()
@@ -219,6 +230,10 @@ class Transport(threading.Thread):
         d.setsockopt(zmq.ROUTING_ID, b"%d" % self.pid)
         d.setsockopt(zmq.IMMEDIATE, 1)
         d.setsockopt(zmq.SNDHWM, PEER_HWM)
+        # Peers never send on this link, but a stranger listening at a peer's address could: unbounded
+        # and drained (frames dropped and counted), so its input never stops under the heartbeats.
+        d.setsockopt(zmq.RCVHWM, 0)
+        d.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         d.setsockopt(zmq.HEARTBEAT_IVL, 500)
         d.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2000)
         d.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -229,6 +244,7 @@ class Transport(threading.Thread):
         self._all_sockets += [d, mon]
         self._dealers[pid], self._monitors[mon] = d, pid
         self._poller.register(mon, zmq.POLLIN)
+        self._poller.register(d, zmq.POLLIN)
         self.peers[pid] = address
 
     def _disconnect_peer(self, pid: int) -> None:
@@ -236,6 +252,7 @@ class Transport(threading.Thread):
         mon = next(m for m, p in self._monitors.items() if p == pid)
         del self._monitors[mon]
         self._poller.unregister(mon)
+        self._poller.unregister(d)
         d.disable_monitor()
         for sock in (mon, d):
             self._all_sockets.remove(sock)
@@ -263,6 +280,8 @@ class Transport(threading.Thread):
                     self._drain_clients(clients)
                 elif s in self._monitors:
                     self._on_monitor(s, self._monitors[s], connected_once)
+                else:
+                    self._drain(s, self._on_stray_frames)
 
     @staticmethod
     def _drain(sock, handle, budget: int = 1000) -> None:
@@ -325,6 +344,10 @@ class Transport(threading.Thread):
         except (ValueError, IndexError, TypeError, msgpack.UnpackException) as exc:
             self.stats["dropped_malformed_peer_frame"] += 1
             log.debug("dropped peer frame: %s", exc)
+
+    def _on_stray_frames(self, frames) -> None:
+        """Something sent on one of our outgoing peer links, where Omni peers never send."""
+        self.stats["dropped_frame_on_outgoing_link"] += 1
 
     def _drain_clients(self, clients, budget: int = 1000) -> None:
         """Hand what one poll drained to the gateway in one tell: under load a mailbox message per request
