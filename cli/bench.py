@@ -362,15 +362,24 @@ def stop_processes(procs, timeout: float) -> None:
             p.wait()
 
 
+# Ports for local nodes come from below Linux's ephemeral range (32768-60999 by default), from which every
+# outgoing connection on the machine takes its local port: a port the kernel hands out as free there may be
+# some connection's (a node's own link to a peer, say) before the node gets to bind it.
+LOCAL_PORTS = range(10000, 32000)
+
+
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out on 127.0.0.1 (free now; a race with other programs stays possible)."""
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    """``count`` distinct ports free on 127.0.0.1 now (a program binding the same one on purpose could still
+    win the race; an outgoing connection cannot)."""
+    rng = random.Random()
+    ports: list[int] = []
+    for _ in range(200 * count):
+        port = rng.choice(LOCAL_PORTS)
+        if port not in ports and _ports_free([port]):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise click.ClickException("no free ports for local nodes")
 
 
 def node_statuses(endpoints, timeout: float, retries: int) -> dict:
@@ -390,9 +399,7 @@ def free_base_port(nodes: int) -> int:
     """A base port B with B+1..B+N (peers) and B+101..B+100+N (clients) all free on loopback."""
     rng = random.Random()
     for _ in range(200):
-        # Below Linux's ephemeral range (32768-60999 by default), from which every outgoing connection on the
-        # machine takes its local port: a port free now there may be some client's a moment later.
-        base = rng.randrange(10000, 32000, 200)
+        base = rng.randrange(LOCAL_PORTS.start, LOCAL_PORTS.stop - 200, 200)  # see LOCAL_PORTS
         if _ports_free([base + p for p in range(1, nodes + 1)] + [base + 100 + p for p in range(1, nodes + 1)]):
             return base
     raise click.ClickException("no free ports for a local cluster")

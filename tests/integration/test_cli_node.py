@@ -1,5 +1,6 @@
 """`omni node start` from flags or a cluster TOML file, bad configuration, and `omni cluster up`."""
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,18 @@ def test_node_whose_port_is_taken_exits_with_an_error(tmp_path):
     finally:
         first.terminate()
         first.wait(timeout=10)
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range():
+    """Outgoing connections take their local ports from the ephemeral range; a test's node port picked there
+    could be taken by one (a node's own link, say) before the node binds it."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = free_ports(40)
+    assert len(set(ports)) == 40
+    assert all(port < low for port in ports), (low, ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
 
 
 def test_cluster_up_serves_clients_and_ctrl_c_stops_every_node(tmp_path):
