@@ -9,16 +9,19 @@ Rules:
   to a peer that is down or too slow is dropped and counted instead of piling up: the protocol resends
   what matters. The DEALERs' ZMTP heartbeats notice a dead link; every later re-connect is reported as
   `Reconnected(pid)`. The ROUTER hands a routing id over to the newest connection (a peer that reconnects
-  after a partition must be heard even while its old, half-open connection still looks alive here);
-  TCP keepalive closes such half-open connections.
+  after a partition must be heard even while its old, half-open connection still looks alive here). TCP
+  keepalive and a TCP user timeout close an inbound connection that went dead (measured with an iptables
+  cut: 4-5.5 s, whether or not something we sent was left unacknowledged).
 - No receive pipe has a high-water mark, and the inbound ROUTER runs no ZMTP heartbeats of its own. libzmq
   4.3.5 aborts the whole process (``Assertion failed: !_io_error (stream_engine_base.cpp:310)``, see
   zeromq/libzmq#4841) when a connection whose input was stopped, by a full receive pipe or by a handover
-  that took its pipe away, then fails (a reset) and later sends anything: its own heartbeat timer, or the
-  PONG to a PING still buffered behind the full pipe. A peer that was killed while this node was stalled,
-  a client that flooded and reset, or any stranger on the port could kill the node that way. Memory is
-  bounded instead by what the senders produce: peers by their own send high-water mark, clients by the
-  gateway's in-flight cap (it answers UNAVAILABLE beyond it) and their own windows.
+  that took its pipe away, then fails (a reset) and later writes: its own heartbeat timer, or the PONG to a
+  PING still buffered behind the full pipe. A peer that was killed while this node was stalled, a client
+  that flooded and reset, or any stranger on the port could kill the node that way. (Keepalive and the
+  user timeout end a connection through libzmq's error path, which does not write.) The price: a sender
+  faster than this thread (a flooding client, or peers while this node is overloaded) grows this process's
+  memory instead of being slowed by TCP; a client connecting under a routing id already in use is never
+  read and its frames stay queued.
 - Peer frames are one byte of kind (core protocol or node-level) followed by the body. Anything that does
   not decode, or claims to come from another pid than the link it arrived on, is dropped and counted.
 - Clients: a ROUTER on ``client`` with ROUTER_MANDATORY (a reply to a vanished client is counted, not lost
@@ -45,8 +48,11 @@ KIND_CORE = b"\x00"
 KIND_NODE = b"\x01"
 PEER_HWM = 20_000  # send side only (see the module docstring for the receive side)
 CLIENT_HWM = 100_000
-KEEPALIVE = ((zmq.TCP_KEEPALIVE, 1), (zmq.TCP_KEEPALIVE_IDLE, 2), (zmq.TCP_KEEPALIVE_INTVL, 1),
-             (zmq.TCP_KEEPALIVE_CNT, 3))  # a silent inbound connection is closed after about 5 s
+# Inbound peer connections: the kernel probes one idle for 2 s and closes it after 3 unanswered probes;
+# keepalive does not probe while something we sent (a PONG) is unacknowledged, the user timeout (ms) then
+# closes it. (libzmq's heartbeat time-to-live cannot do this: data after the last PING disarms it.)
+INBOUND_TCP = ((zmq.TCP_KEEPALIVE, 1), (zmq.TCP_KEEPALIVE_IDLE, 2), (zmq.TCP_KEEPALIVE_INTVL, 1),
+               (zmq.TCP_KEEPALIVE_CNT, 3), (zmq.TCP_MAXRT, 4000))
 MAX_CLIENT_FRAME = 128 * 1024 * 1024  # larger frames are dropped by ZeroMQ itself (no reply possible)
 
 
@@ -204,10 +210,10 @@ class Transport(threading.Thread):
         inbox.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME + 16)  # larger: the peer is disconnected unread
         # A partition that drops packets leaves us holding a peer's old connection (its FIN was dropped
         # too) while the peer reconnects under the same routing id. Without handover libzmq parks the new
-        # connection's messages for ever; with it the newest connection wins. Keepalive, not ZMTP
-        # heartbeats (the displaced connection is one whose input libzmq stopped), closes the old one.
+        # connection's messages for ever; with it the newest connection wins. TCP, not heartbeats of our
+        # own (see the module docstring), closes the old one once it is dead.
         inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        for option, value in KEEPALIVE:
+        for option, value in INBOUND_TCP:
             inbox.setsockopt(option, value)
         inbox.bind(self.listen)
         clients = sock(zmq.ROUTER)
@@ -216,7 +222,7 @@ class Transport(threading.Thread):
         clients.setsockopt(zmq.SNDHWM, CLIENT_HWM)
         clients.setsockopt(zmq.RCVHWM, 0)
         clients.bind(self.client_endpoint)
-        self._dealers, self._monitors = {}, {}
+        self._dealers, self._monitors, self._dealer_pids = {}, {}, {}
         self._poller = zmq.Poller()
         for s in (pull, inbox, clients):
             self._poller.register(s, zmq.POLLIN)
@@ -242,13 +248,14 @@ class Transport(threading.Thread):
         mon = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         d.connect(address)
         self._all_sockets += [d, mon]
-        self._dealers[pid], self._monitors[mon] = d, pid
+        self._dealers[pid], self._monitors[mon], self._dealer_pids[d] = d, pid, pid
         self._poller.register(mon, zmq.POLLIN)
         self._poller.register(d, zmq.POLLIN)
         self.peers[pid] = address
 
     def _disconnect_peer(self, pid: int) -> None:
         d = self._dealers.pop(pid)
+        del self._dealer_pids[d]
         mon = next(m for m, p in self._monitors.items() if p == pid)
         del self._monitors[mon]
         self._poller.unregister(mon)
@@ -280,8 +287,8 @@ class Transport(threading.Thread):
                     self._drain_clients(clients)
                 elif s in self._monitors:
                     self._on_monitor(s, self._monitors[s], connected_once)
-                else:
-                    self._drain(s, self._on_stray_frames)
+                elif s in self._dealer_pids:  # not closed by a reconfiguration earlier in this batch
+                    self._drain_stray(s, self._dealer_pids[s])
 
     @staticmethod
     def _drain(sock, handle, budget: int = 1000) -> None:
@@ -345,9 +352,18 @@ class Transport(threading.Thread):
             self.stats["dropped_malformed_peer_frame"] += 1
             log.debug("dropped peer frame: %s", exc)
 
-    def _on_stray_frames(self, frames) -> None:
-        """Something sent on one of our outgoing peer links, where Omni peers never send."""
-        self.stats["dropped_frame_on_outgoing_link"] += 1
+    def _drain_stray(self, dealer, pid: int) -> None:
+        """Drop and count messages on our outgoing link to ``pid``, where Omni peers never send: whatever
+        listens at that address is not a node of this cluster (a misconfiguration worth one warning)."""
+        key = f"dropped_messages_on_link_to_{pid}"
+        if self.stats[key] == 0:
+            log.warning("what listens at peer %d's address (%s) sends to us: not an Omni node of this cluster?",
+                        pid, self.peers.get(pid))
+
+        def count(frames) -> None:
+            self.stats[key] += 1
+
+        self._drain(dealer, count)
 
     def _drain_clients(self, clients, budget: int = 1000) -> None:
         """Hand what one poll drained to the gateway in one tell: under load a mailbox message per request

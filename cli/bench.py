@@ -362,10 +362,23 @@ def stop_processes(procs, timeout: float) -> None:
             p.wait()
 
 
-# Ports for local nodes come from below Linux's ephemeral range (32768-60999 by default), from which every
-# outgoing connection on the machine takes its local port: a port the kernel hands out as free there may be
-# some connection's (a node's own link to a peer, say) before the node gets to bind it.
-LOCAL_PORTS = range(10000, 32000)
+def local_port_range(ephemeral_start: int) -> range:
+    """Where ports for local nodes come from: below the kernel's ephemeral range (32768-60999 by default on
+    Linux), from which every outgoing connection on the machine takes its local port, so that a port found
+    free is not some connection's (a node's own link to a peer, say) before the node binds it. Where that
+    range leaves no room below it, 10000-31999 all the same."""
+    top = min(32000, ephemeral_start)
+    return range(10000, top) if top - 10000 >= 2000 else range(10000, 32000)
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+LOCAL_PORTS = local_port_range(_ephemeral_start())
 
 
 def free_ports(count: int) -> list[int]:

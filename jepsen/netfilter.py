@@ -129,6 +129,14 @@ class Firewall:
             _run("-A", self.chain, *tcp, "-s", dst, "--sport", str(dst_port), "-d", src, *self.action)
             self.blocked.add(link)
 
+    def drop_replies(self, src: str, dst: str, dst_port: int) -> None:
+        """Drop only what ``dst:dst_port`` sends back to ``src`` on their connection (one direction of it)."""
+        with self._lock:
+            if not self._open:
+                raise FirewallError("the firewall is not open")
+            _run("-A", self.chain, "-i", "lo", "-p", "tcp", "-s", dst, "--sport", str(dst_port), "-d", src,
+                 *self.action)
+
     def heal(self) -> None:
         with self._lock:
             if self._open:

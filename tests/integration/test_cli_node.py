@@ -8,7 +8,7 @@ import time
 from click.testing import CliRunner
 
 from omni.cli import main
-from omni.cli.bench import free_base_port
+from omni.cli.bench import LOCAL_PORTS, free_base_port, local_port_range
 from omni.client import Client
 
 from .cluster import free_ports
@@ -82,13 +82,17 @@ def test_node_whose_port_is_taken_exits_with_an_error(tmp_path):
         first.wait(timeout=10)
 
 
-def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range():
-    """Outgoing connections take their local ports from the ephemeral range; a test's node port picked there
-    could be taken by one (a node's own link, say) before the node binds it."""
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+def test_local_node_ports_come_from_below_the_ephemeral_range_where_it_leaves_room():
+    """Outgoing connections take their local ports from the ephemeral range; a node port picked there could
+    be taken by one (a node's own link, say) before the node binds it."""
+    assert local_port_range(32768) == range(10000, 32000)  # Linux's default range starts at 32768
+    assert local_port_range(20000) == range(10000, 20000)
+    assert local_port_range(1024) == range(10000, 32000)  # no room below: the default window all the same
+
+
+def test_free_ports_are_distinct_bindable_and_from_the_local_port_range():
     ports = free_ports(40)
-    assert len(set(ports)) == 40
-    assert all(port < low for port in ports), (low, ports)
+    assert len(set(ports)) == 40 and all(port in LOCAL_PORTS for port in ports)
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))

@@ -1,15 +1,21 @@
 """The transport thread: peers exchange core messages, and a peer's restart is reported as Reconnected."""
 import queue
+import socket
+import threading
 import time
+from pathlib import Path
 
+import pytest
 import zmq
 
 from omni.actors.messages import ClientFrame, ClientFrames, Inbound, Reconnected
 from omni.actors.transport import KIND_CORE, Outbox, Transport
+from omni.jepsen.netfilter import Firewall
 from omni.paxos import Ballot, Envelope, PrepareReq
 from omni.transport import codec
 
 from ..integration.cluster import free_ports
+from . import zmtp_raw
 
 
 def start_transport(ctx, pid, ports, events, deadline=20.0, peers=None):
@@ -185,3 +191,108 @@ def test_replies_handed_over_together_reach_each_client_even_when_one_client_is_
         outbox.close_thread_socket()
         for c in clients:
             c.close(linger=0)
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_removed_while_its_link_is_readable_is_skipped_not_read():
+    """A reconfiguration closes the link to a removed peer while the same poll found that link readable
+    (here: what listens at the peer's address keeps sending on it). The loop must skip the closed socket;
+    reading it raised ENOTSOCK, which stopped the transport and with it the node."""
+    ctx = zmq.Context()
+    p = free_ports(3)
+    ports = {1: p[0], 2: p[1], 11: p[2]}
+    address = f"tcp://127.0.0.1:{ports[2]}"
+    events = queue.Queue()
+    server = socket.create_server(("127.0.0.1", ports[2]))
+    stop = threading.Event()
+
+    def stranger():  # every connection node 1 makes here gets a handshake, then frames until it breaks
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    zmtp_raw.handshake(conn, b"ROUTER")
+                    while not stop.is_set():
+                        conn.sendall(zmtp_raw.frame(zmtp_raw.GARBAGE) * 100)
+                        time.sleep(0.001)
+                except OSError:
+                    continue
+
+    flooder = threading.Thread(target=stranger, daemon=True)
+    flooder.start()
+    t, outbox = start_transport(ctx, 1, ports, events)
+    try:
+        for _ in range(5):
+            seen = t.stats["dropped_messages_on_link_to_2"]
+            wait_until(lambda: t.stats["dropped_messages_on_link_to_2"] > seen, "the stranger's frames")
+            outbox.set_peers({})
+            wait_until(lambda: 2 not in t.peers, "the link closed")
+            time.sleep(0.2)  # the rest of that poll's batch: where the closed socket used to be read
+            # Checked before the next send: with the transport gone, an outbox send would block for ever.
+            assert t.is_alive(), [e for e in list(events.queue) if isinstance(e, str)]
+            outbox.set_peers({2: address})
+        assert [e for e in list(events.queue) if isinstance(e, str)] == []  # nothing reported fatal
+    finally:
+        stop.set()
+        shut_down(t, outbox, ctx)
+        flooder.join(timeout=5)
+        server.close()
+
+
+def shut_down(t, outbox, ctx) -> None:
+    t.stop()
+    t.join(timeout=5)
+    outbox.close_thread_socket()
+    ctx.destroy(linger=0)
+
+
+def wait_until(predicate, what: str, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while not predicate():
+        assert time.monotonic() < end, f"no {what} within {deadline}s"
+        time.sleep(0.02)
+
+
+def test_inbound_connection_left_dead_by_a_partition_is_closed_even_with_a_reply_unacknowledged():
+    """The inbound ROUTER runs no heartbeats of its own (see test_transport_resets.py), so TCP must notice a
+    dead inbound connection. Keepalive alone does not while something we sent is unacknowledged (here: the
+    PONG to the peer's last PING, its reply cut first); the kernel would retransmit for about 15 minutes.
+    The user timeout closes it, and libzmq then closes the socket."""
+    ctx = zmq.Context()
+    p = free_ports(3)
+    ports = {1: p[0], 2: p[1], 11: p[2]}
+    events = queue.Queue()
+    t, outbox = start_transport(ctx, 1, ports, events)
+    peer = socket.socket()
+    try:
+        peer.bind(("127.0.0.22", 0))
+        peer.settimeout(20)
+        peer.connect(("127.0.0.1", ports[1]))
+        zmtp_raw.handshake(peer, b"DEALER", identity=b"2")
+        peer.sendall(zmtp_raw.frame(KIND_CORE + codec.encode(Envelope(2, 1, 1, PrepareReq(Ballot(1, 0, 2))))))
+        assert isinstance(expect(events, Inbound), Inbound)
+        link = (("127.0.0.1", ports[1]), peer.getsockname())
+        assert established(*link)
+        with Firewall() as fw:
+            fw.drop_replies("127.0.0.22", "127.0.0.1", ports[1])
+            peer.sendall(zmtp_raw.PING)  # answered with a PONG that never arrives
+            time.sleep(0.3)
+            fw.block("127.0.0.22", "127.0.0.1", ports[1])  # now the whole connection is dead
+            wait_until(lambda: not established(*link), "close of the dead inbound connection", deadline=60)
+    finally:
+        peer.close()
+        shut_down(t, outbox, ctx)
+
+
+def established(local: tuple, remote: tuple) -> bool:
+    """Whether the kernel lists an established TCP connection from ``local`` to ``remote`` (IPv4)."""
+    def hex_address(address):
+        return f"{socket.inet_aton(address[0])[::-1].hex().upper()}:{address[1]:04X}"
+
+    wanted = (hex_address(local), hex_address(remote), "01")  # 01: ESTABLISHED
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(tuple(line.split()[1:4]) == wanted for line in lines)

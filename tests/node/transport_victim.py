@@ -8,6 +8,7 @@ with one JSON line (callback counts and the transport's stats); at end of stdin 
 and exits 0. An abort inside libzmq shows as a negative exit code instead.
 """
 import json
+import os
 import sys
 import threading
 import time
@@ -44,11 +45,15 @@ def main() -> None:
         with lock:
             counts["other"] += 1
 
+    def on_fatal(reason):  # the transport thread died: exit, so the test sees it instead of waiting
+        print(f"fatal: {reason}", file=sys.stderr, flush=True)
+        os._exit(3)
+
     ctx = zmq.Context()
     outbox = Outbox(ctx, 1)
     transport = Transport(ctx, outbox, 1, f"tcp://127.0.0.1:{peer_port}", {2: f"tcp://127.0.0.1:{peer2_port}"},
                           f"tcp://127.0.0.1:{client_port}", on_core=on_core, on_client=on_client,
-                          on_node=on_other, on_reconnect=on_other, on_fatal=on_other)
+                          on_node=on_other, on_reconnect=on_other, on_fatal=on_fatal)
     transport.start()
     transport.bound.wait()
     if transport.bind_error is not None:
