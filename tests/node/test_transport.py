@@ -14,7 +14,7 @@ from omni.jepsen.netfilter import Firewall
 from omni.paxos import Ballot, Envelope, PrepareReq
 from omni.transport import codec
 
-from ..integration.cluster import free_ports
+from ..integration.cluster import free_ports, wait_for
 from . import zmtp_raw
 
 
@@ -228,9 +228,9 @@ def test_a_peer_removed_while_its_link_is_readable_is_skipped_not_read():
     try:
         for _ in range(5):
             seen = t.stats["dropped_messages_on_link_to_2"]
-            wait_until(lambda: t.stats["dropped_messages_on_link_to_2"] > seen, "the stranger's frames")
+            wait_for(lambda: t.stats["dropped_messages_on_link_to_2"] > seen, 20, "the stranger's frames")
             outbox.set_peers({})
-            wait_until(lambda: 2 not in t.peers, "the link closed")
+            wait_for(lambda: 2 not in t.peers, 20, "the link closed")
             time.sleep(0.2)  # the rest of that poll's batch: where the closed socket used to be read
             # Checked before the next send: with the transport gone, an outbox send would block for ever.
             assert t.is_alive(), [e for e in list(events.queue) if isinstance(e, str)]
@@ -248,13 +248,6 @@ def shut_down(t, outbox, ctx) -> None:
     t.join(timeout=5)
     outbox.close_thread_socket()
     ctx.destroy(linger=0)
-
-
-def wait_until(predicate, what: str, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        assert time.monotonic() < end, f"no {what} within {deadline}s"
-        time.sleep(0.02)
 
 
 def test_inbound_connection_left_dead_by_a_partition_is_closed_even_with_a_reply_unacknowledged():
@@ -282,7 +275,7 @@ def test_inbound_connection_left_dead_by_a_partition_is_closed_even_with_a_reply
             peer.sendall(zmtp_raw.PING)  # answered with a PONG that never arrives
             time.sleep(0.3)
             fw.block("127.0.0.22", "127.0.0.1", ports[1])  # now the whole connection is dead
-            wait_until(lambda: not established(*link), "close of the dead inbound connection", deadline=60)
+            wait_for(lambda: not established(*link), 60, "close of the dead inbound connection")
     finally:
         peer.close()
         shut_down(t, outbox, ctx)
