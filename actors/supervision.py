@@ -27,8 +27,8 @@ class SupervisedActor(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> queue.SimpleQueue:
         # Pykka's hook for the mailbox. Its default, queue.Queue, is written in Python: a put and a get cost
-        # 3.1 us of CPU together, against 0.17 us for the C SimpleQueue, and a thread-to-thread round trip
-        # 114 against 85 us (measured on this machine). Every request crosses four to six mailboxes.
+        # 3.1 us of CPU together, against 0.1-0.2 us for the C SimpleQueue (bench/mailbox_bench.py), and
+        # every request crosses four to six mailboxes. In a loaded cluster the gain is within noise.
         return queue.SimpleQueue()
 
     def on_failure(self, exception_type, exception_value, tb) -> None:
