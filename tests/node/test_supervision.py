@@ -19,6 +19,12 @@ class FakeNode:
         self.stopping = False
         self.fatal_calls: list[str] = []
         self.outbox = FakeOutbox()
+        self.refs: list = []
+
+    def start(self, *args):
+        ref = Recorder.start(self, *args)
+        self.refs.append(ref)
+        return ref
 
     def fatal(self, reason: str, detail: str = "") -> None:
         self.fatal_calls.append(reason)
@@ -43,12 +49,14 @@ class Recorder(SupervisedActor):
 
 @pytest.fixture
 def node():
-    yield FakeNode()
-    pykka.ActorRegistry.stop_all()
+    node = FakeNode()
+    yield node
+    for ref in node.refs:  # only this test's actors: other tests' nodes are theirs to stop
+        ref.stop(block=False)
 
 
 def test_mailbox_keeps_each_senders_order(node):
-    ref = Recorder.start(node)
+    ref = node.start()
 
     def sender(name):
         for i in range(2000):
@@ -67,7 +75,7 @@ def test_mailbox_keeps_each_senders_order(node):
 
 def test_asks_queued_behind_a_stop_fail_instead_of_hanging(node):
     gate = threading.Event()
-    ref = Recorder.start(node, gate)
+    ref = node.start(gate)
     ref.tell("block")
     stopped = ref.stop(block=False)
     late = ref.ask("seen", block=False)
@@ -78,7 +86,7 @@ def test_asks_queued_behind_a_stop_fail_instead_of_hanging(node):
 
 
 def test_an_actor_that_raises_stops_the_node(node):
-    ref = Recorder.start(node)
+    ref = node.start()
     ref.tell("boom")
     for _ in range(500):
         if node.fatal_calls:
