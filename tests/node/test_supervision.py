@@ -8,6 +8,8 @@ import pytest
 
 from omni.actors.supervision import SupervisedActor
 
+from ..integration.cluster import wait_for
+
 
 class FakeOutbox:
     def close_thread_socket(self) -> None:
@@ -88,9 +90,6 @@ def test_asks_queued_behind_a_stop_fail_instead_of_hanging(node):
 def test_an_actor_that_raises_stops_the_node(node):
     ref = node.start()
     ref.tell("boom")
-    for _ in range(500):
-        if node.fatal_calls:
-            break
-        threading.Event().wait(0.01)
+    wait_for(lambda: node.fatal_calls, deadline=10, what="the node told of the failure")
     assert node.fatal_calls == ["Recorder failed: boom"]
     assert not ref.is_alive()
