@@ -1,6 +1,6 @@
 #!/bin/bash
-# CPU time each node spends per operation under load: steadier than ops/s from run to run, so it shows
-# whether a change made the request path cheaper. Starts a 3-node cluster (`omni cluster up`), runs
+# CPU time each node spends per operation under load: a second view beside ops/s of whether a change made
+# the request path cheaper (it varies between runs too: smaller batches cost more per op). Starts a 3-node cluster (`omni cluster up`), runs
 # `omni bench` against it, reads each node's utime+stime from /proc over 12 s of the measured window.
 #
 #   bash bench/cpu_per_op.sh LABEL [extra omni bench options]
@@ -9,7 +9,8 @@ set -euo pipefail
 label=${1:?usage: cpu_per_op.sh LABEL [omni bench options]}; shift
 port=$((17500 + RANDOM % 400))  # below the ephemeral range; node N uses port+N and port+100+N
 dir=$(mktemp -d /tmp/omni-cpu-per-op.XXXXXX)
-trap 'kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null; rm -rf "$dir"' EXIT
+cluster=""
+trap '[ -n "$cluster" ] && kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null; rm -rf "$dir"' EXIT
 omni cluster up --data-dir "$dir/data" --base-port $port > "$dir/cluster.log" 2>&1 &
 cluster=$!
 sleep 4
