@@ -94,14 +94,22 @@ class Sessions:
         return None
 
     def record(self, client: str, seq: int, result: tuple) -> None:
-        seqs = self.clients.setdefault(client, OrderedDict())
-        self.clients.move_to_end(client)
+        # Runs for every write on every replica: no table built only to be thrown away (setdefault did).
+        clients = self.clients
+        seqs = clients.get(client)
+        if seqs is None:
+            seqs = clients[client] = OrderedDict()  # a new key goes last: the most recent already
+        else:
+            clients.move_to_end(client)
         seqs[seq] = result
-        while len(seqs) > self.seqs_per_client:
-            old, _ = seqs.popitem(last=False)
-            self.floor[client] = max(self.floor.get(client, 0), old + 1)
-        while len(self.clients) > self.max_clients:
-            gone, _ = self.clients.popitem(last=False)
+        if len(seqs) > self.seqs_per_client:
+            floor = self.floor.get(client, 0)
+            while len(seqs) > self.seqs_per_client:
+                old, _ = seqs.popitem(last=False)
+                floor = max(floor, old + 1)
+            self.floor[client] = floor
+        while len(clients) > self.max_clients:
+            gone, _ = clients.popitem(last=False)
             self.floor.pop(gone, None)
 
     def dump(self) -> list:

