@@ -15,16 +15,22 @@ section 3):
   fatal. A torn tail cannot reach us: SQLite's WAL ignores an incomplete last transaction when it opens
   the file, and that is our "torn tail is dropped". So any mismatch we see is real corruption.
 
-Compaction: a ``Compact(idx)`` deletes the rows below ``idx`` in the same transaction, so `load()` never
+Compaction: a ``Compact(idx)`` deletes the entries below ``idx`` in the same transaction, so `load()` never
 returns compacted entries. After a commit that compacted, the WAL is checkpointed and truncated: the deleted
 rows' pages go back to the database's free list, where later appends reuse them, so with regular
 compaction neither file grows without bound.
 
-Layout: ``log(idx, data, crc)`` holds one entry per absolute log index, from ``compacted_idx`` on, with no
-gaps; ``meta(key, value, crc)`` holds promise, accepted_round, decided_idx, compacted_idx, snapshot and
-stopsign. Values are msgpack (never pickle): a Ballot is ``[n, priority, pid]``, a StopSign is
-``[config_id, [nodes...], metadata]``. Entries and snapshots must be msgpack-compatible values and come
-back as msgpack decodes them: tuples come back as lists, maps may have non-string keys.
+Layout (format 2): ``log(start, count, data, crc)`` holds the log from ``compacted_idx`` on in rows of
+consecutive entries, with no gaps: a row holds entries ``start`` to ``start + count - 1`` as one msgpack
+array (what one append of a call wrote, at most MAX_ROW_ENTRIES). One row per entry (format 1) made a
+commit of 80 entries cost 540 us of CPU against 200 us this way (SQLite's per-row work; measured with the
+commit pattern of a loaded follower), on every node, for every write. An append inside a row rewrites that
+row's prefix; a compaction inside a row rewrites its suffix (both are rare: a new leader's log sync, a
+snapshot). A format 1 file is converted when it is opened. ``meta(key, value, crc)`` holds promise,
+accepted_round, decided_idx, compacted_idx, snapshot and stopsign. Values are msgpack (never pickle): a
+Ballot is ``[n, priority, pid]``, a StopSign is ``[config_id, [nodes...], metadata]``. Entries and snapshots
+must be msgpack-compatible values and come back as msgpack decodes them: tuples come back as lists, maps
+may have non-string keys.
 
 One connection, used by one thread at a time (it may be opened in one thread and handed to the actor's).
 """
@@ -42,12 +48,14 @@ from omni.paxos.storage import (
     AppendOnPrefix, Compact, LogState, SetAcceptedRound, SetDecidedIdx, SetPromise, SetStopSign, WriteGroup,
 )
 
-FORMAT_VERSION = 1  # kept in PRAGMA user_version; a file of another format is refused, not guessed at
+FORMAT_VERSION = 2  # kept in PRAGMA user_version; format 1 is converted, any other is refused, not guessed at
+MAX_ROW_ENTRIES = 4096  # a long append (a follower catching up) still makes rows of bounded size
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, data BLOB, crc INTEGER)",
+    "CREATE TABLE IF NOT EXISTS log (start INTEGER PRIMARY KEY, count INTEGER NOT NULL, data BLOB, crc INTEGER)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB, crc INTEGER)",
 )
+_INSERT_ROW = "INSERT INTO log (start, count, data, crc) VALUES (?, ?, ?, ?)"
 # SQLite result codes that mean the file itself is damaged rather than unreachable.
 _CORRUPTION_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
@@ -159,7 +167,9 @@ class SQLiteLogStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, FORMAT_VERSION):
+            if version == 1:
+                self._convert_format_1(conn)
+            elif version not in (0, FORMAT_VERSION):
                 raise StorageFailure(f"{self.path}: log format {version}, this code reads {FORMAT_VERSION}")
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -169,12 +179,28 @@ class SQLiteLogStore:
             conn.execute("ROLLBACK")
             raise
 
+    def _convert_format_1(self, conn: sqlite3.Connection) -> None:
+        """Rewrite a format 1 log (a row per entry) as rows of MAX_ROW_ENTRIES, checking every checksum; runs
+        inside the schema transaction, so a crash leaves the file as it was."""
+        conn.execute("ALTER TABLE log RENAME TO log_format_1")
+        conn.execute(_SCHEMA[0])
+        rows = conn.execute("SELECT idx, data, crc FROM log_format_1 ORDER BY idx")
+        first, entries = None, []
+        for idx, data, crc in rows:
+            first = idx if first is None else first
+            if idx != first + len(entries):
+                raise CorruptLog(f"log row idx={idx}: expected idx {first + len(entries)} next")
+            entries.append(self._decode(f"log row idx={idx}", data, crc))
+        if entries:
+            conn.executemany(_INSERT_ROW, self._rows(first, entries))
+        conn.execute("DROP TABLE log_format_1")
+
     def _read_bounds(self) -> tuple[int, int]:
         """compacted_idx and log_len, so that write() can validate without a full load()."""
         row = self._conn.execute("SELECT value, crc FROM meta WHERE key = 'compacted_idx'").fetchone()
         compacted = self._decode("meta row 'compacted_idx'", *row) if row else 0
-        (top,) = self._conn.execute("SELECT MAX(idx) FROM log").fetchone()
-        return compacted, compacted if top is None else top + 1
+        last = self._conn.execute("SELECT start + count FROM log ORDER BY start DESC LIMIT 1").fetchone()
+        return compacted, compacted if last is None else max(compacted, last[0])
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -207,12 +233,12 @@ class SQLiteLogStore:
             raise CorruptLog(f"meta rows have an unexpected shape: {err}") from err
 
     def _read_entries(self, start: int) -> list:
-        entries, expected, decode = [], start, self._decode
-        for idx, data, crc in self._conn.execute("SELECT idx, data, crc FROM log ORDER BY idx"):
-            if idx != expected:  # a gap, or a row the last Compact should have removed
-                raise CorruptLog(f"log row idx={idx}: expected idx {expected} next")
-            entries.append(decode(f"log row idx={idx}", data, crc))
-            expected += 1
+        entries, expected = [], start
+        for row in self._conn.execute("SELECT start, count, data, crc FROM log ORDER BY start"):
+            if row[0] != expected:  # a gap, or a row the last Compact should have removed
+                raise CorruptLog(f"log row start={row[0]}: expected start {expected} next")
+            entries += self._row_entries(row)
+            expected += row[1]
         return entries
 
     # -- writing ------------------------------------------------------------------------------------
@@ -232,7 +258,7 @@ class SQLiteLogStore:
                 if isinstance(op, AppendOnPrefix):
                     if op.from_idx < compacted or op.from_idx > log_len:
                         raise ValueError(f"append at {op.from_idx} outside log [{compacted}, {log_len}]")
-                    self._plan_append(steps, op.from_idx, [self._pack(e) for e in op.entries])
+                    self._plan_append(steps, op.from_idx, list(op.entries), log_len)
                     log_len = op.from_idx + len(op.entries)
                 elif isinstance(op, Compact):
                     if op.idx < compacted:
@@ -250,29 +276,62 @@ class SQLiteLogStore:
                     meta["stopsign"] = None if ss is None else [ss.config_id, list(ss.nodes), ss.metadata]
                 else:
                     raise TypeError(f"not a write operation: {op!r}")
+        for step in steps:  # encoded here, so a value msgpack refuses fails the call before it begins
+            if step[0] == "append":
+                step[2] = self._rows(step[1], step[2])
         blobs = {key: self._pack(value) for key, value in meta.items()}
         return blobs, steps, (compacted, log_len)
 
     @staticmethod
-    def _plan_append(steps: list, from_idx: int, blobs: list) -> None:
+    def _plan_append(steps: list, from_idx: int, entries: list, log_len: int) -> None:
+        """Append steps are ``["append", start, entries, end of the log before it]`` (the entries become rows
+        once the call is planned)."""
         last = steps[-1] if steps else None
         if last is not None and last[0] == "append" and last[1] <= from_idx:
             # Validation guarantees from_idx <= last's end here, so this is "truncate, then extend".
             del last[2][from_idx - last[1]:]
-            last[2].extend(blobs)
+            last[2].extend(entries)
         else:
-            steps.append(["append", from_idx, blobs])
+            steps.append(["append", from_idx, entries, log_len])
+
+    def _rows(self, start: int, entries: list) -> list:
+        pack, crc32, rows = self._pack, zlib.crc32, []
+        for offset in range(0, len(entries), MAX_ROW_ENTRIES):
+            chunk = entries[offset:offset + MAX_ROW_ENTRIES]
+            blob = pack(chunk)
+            rows.append((start + offset, len(chunk), blob, crc32(blob)))
+        return rows
+
+    def _row_entries(self, row: tuple) -> list:
+        start, count, data, crc = row
+        entries = self._decode(f"log row start={start}", data, crc)
+        if not isinstance(entries, list) or len(entries) != count or count == 0:
+            raise CorruptLog(f"log row start={start}: does not hold the {count} entries it claims")
+        return entries
+
+    def _execute_step(self, conn: sqlite3.Connection, step: list) -> None:
+        if step[0] == "compact":
+            idx = step[1]
+            straddling = self._row_before(conn, idx)
+            conn.execute("DELETE FROM log WHERE start < ?", (idx,))
+            if straddling is not None and straddling[0] + straddling[1] > idx:  # keep its entries from idx on
+                conn.executemany(_INSERT_ROW, self._rows(idx, self._row_entries(straddling)[idx - straddling[0]:]))
+            return
+        _, start, rows, log_end = step
+        if start < log_end:  # replaces entries: not the plain append at the end that almost every call is
+            straddling = self._row_before(conn, start)
+            conn.execute("DELETE FROM log WHERE start >= ?", (start,))
+            if straddling is not None and straddling[0] + straddling[1] > start:  # keep its entries before start
+                conn.execute("DELETE FROM log WHERE start = ?", (straddling[0],))
+                kept = self._row_entries(straddling)[:start - straddling[0]]
+                conn.executemany(_INSERT_ROW, self._rows(straddling[0], kept))
+        conn.executemany(_INSERT_ROW, rows)
 
     @staticmethod
-    def _execute_step(conn: sqlite3.Connection, step: list) -> None:
-        if step[0] == "compact":
-            conn.execute("DELETE FROM log WHERE idx < ?", (step[1],))
-            return
-        _, start, blobs = step
-        conn.execute("DELETE FROM log WHERE idx >= ?", (start,))
-        crc32 = zlib.crc32
-        conn.executemany("INSERT INTO log (idx, data, crc) VALUES (?, ?, ?)",
-                         [(start + i, blob, crc32(blob)) for i, blob in enumerate(blobs)])
+    def _row_before(conn: sqlite3.Connection, idx: int):
+        """The last row that starts below ``idx`` (it may hold entries at and after ``idx``), or None."""
+        return conn.execute("SELECT start, count, data, crc FROM log WHERE start < ? ORDER BY start DESC LIMIT 1",
+                            (idx,)).fetchone()
 
     # -- failure ------------------------------------------------------------------------------------
 

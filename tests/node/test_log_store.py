@@ -8,6 +8,9 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
+
+import msgpack
 
 import pytest
 
@@ -143,13 +146,15 @@ def test_many_small_appends_in_one_call_match_memory_storage(store):
 
 
 def seeded(store):
+    """Entries 3-11 in two rows (3-9 left of the first append by the compaction, then 10-11)."""
     store.write([(SetPromise(Ballot(2, 0, 1)), AppendOnPrefix(0, tuple(range(10))), SetDecidedIdx(4)),
                  (Compact(3, {"sum": 3}),)])
+    store.write([(AppendOnPrefix(10, (10, 11)),)])
     return store.load()
 
 
 @pytest.mark.parametrize("bad", [
-    AppendOnPrefix(13, ("gap",)),   # past the end of the log (12 after the ops before it)
+    AppendOnPrefix(13, ("gap",)),   # past the end of the log (12)
     AppendOnPrefix(2, ("old",)),    # below the compacted index
     Compact(2, None),               # below the compacted index
 ])
@@ -227,10 +232,21 @@ def test_a_corrupted_log_row_makes_load_raise_corrupt_log_naming_the_row(store, 
     seeded(store)
     store.close()
     with sqlite3.connect(path) as raw:
-        raw.execute("UPDATE log SET data = ? WHERE idx = 6", (b"\x07",))  # valid msgpack, stale crc
+        raw.execute("UPDATE log SET data = ? WHERE start = 10", (b"\x07",))  # valid msgpack, stale crc
     raw.close()
-    with SQLiteLogStore(path) as reopened, pytest.raises(CorruptLog, match="idx=6"):
+    with SQLiteLogStore(path) as reopened, pytest.raises(CorruptLog, match="start=10"):
         reopened.load()
+
+
+def test_a_log_row_holding_fewer_entries_than_it_claims_is_corruption(store, path):
+    seeded(store)
+    store.close()
+    blob = msgpack.packb([10])
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE log SET data = ?, crc = ? WHERE start = 10", (blob, zlib.crc32(blob)))
+    raw.close()
+    with pytest.raises(CorruptLog, match="start=10: does not hold the 2 entries"):
+        reopen_and_load(path)
 
 
 def test_a_corrupted_meta_row_is_refused(store, path):
@@ -247,16 +263,16 @@ def test_a_gap_in_the_log_is_corruption(store, path):
     seeded(store)
     store.close()
     with sqlite3.connect(path) as raw:
-        raw.execute("DELETE FROM log WHERE idx = 5")
+        raw.execute("DELETE FROM log WHERE start = 3")
     raw.close()
-    with pytest.raises(CorruptLog, match="idx=6"):
+    with pytest.raises(CorruptLog, match="start=10: expected start 3"):
         reopen_and_load(path)
 
 
 def test_corrupt_log_stops_the_store(store, path):
     seeded(store)
     with sqlite3.connect(path) as raw:
-        raw.execute("UPDATE log SET crc = crc + 1 WHERE idx = 4")
+        raw.execute("UPDATE log SET crc = crc + 1 WHERE start = 3")
     raw.close()
     with pytest.raises(CorruptLog):
         store.load()
@@ -333,3 +349,60 @@ def test_torn_wal_tail_is_dropped_on_restart_and_the_prefix_survives(tmp_path):
     store.close()
     state = Store(crashed / "log.db").load()
     assert state.entries == ["first"]
+
+
+def test_appends_and_compactions_inside_a_row_keep_exactly_the_entries_around_them(store, path):
+    store.write([(AppendOnPrefix(0, tuple(range(10))),)])  # one row, 0-9
+    store.write([(AppendOnPrefix(6, ("six", "seven")),)])  # a new leader's log replaces 6-9 inside that row
+    store.write([(Compact(4, None),)])  # a snapshot at 4: the row's prefix goes
+    assert reopen_and_load(path).entries == [4, 5, "six", "seven"]
+    rows = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("SELECT start, count FROM log ORDER BY start")
+    assert rows.fetchall() == [(4, 2), (6, 2)], "only entries at or above the compacted index are kept on disk"
+
+
+def test_a_long_append_is_stored_in_rows_of_bounded_size(store, path, monkeypatch):
+    from omni.actors import log_store
+    monkeypatch.setattr(log_store, "MAX_ROW_ENTRIES", 4)
+    store.write([(AppendOnPrefix(0, tuple(range(10))),)])
+    rows = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("SELECT start, count FROM log ORDER BY start")
+    assert rows.fetchall() == [(0, 4), (4, 4), (8, 2)]
+    assert reopen_and_load(path).entries == list(range(10))
+
+
+def format_1_file(path, rows):
+    """A log as the previous layout wrote it: one row per entry (idx, data, crc), PRAGMA user_version = 1."""
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE log (idx INTEGER PRIMARY KEY, data BLOB, crc INTEGER)")
+        raw.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB, crc INTEGER)")
+        for key, value in (("compacted_idx", 2), ("decided_idx", 4)):
+            blob = msgpack.packb(value)
+            raw.execute("INSERT INTO meta VALUES (?, ?, ?)", (key, blob, zlib.crc32(blob)))
+        for idx, blob, crc in rows:
+            raw.execute("INSERT INTO log VALUES (?, ?, ?)", (idx, blob, crc))
+        raw.execute("PRAGMA user_version = 1")
+    raw.close()
+
+
+def test_a_format_1_log_is_converted_when_opened_and_loads_the_same_entries(path):
+    blobs = [msgpack.packb(value) for value in (["two"], {"w": 3}, 4, None)]
+    format_1_file(path, [(2 + i, blob, zlib.crc32(blob)) for i, blob in enumerate(blobs)])
+    state = reopen_and_load(path)
+    assert (state.compacted_idx, state.decided_idx, state.entries) == (2, 4, [["two"], {"w": 3}, 4, None])
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+        assert raw.execute("SELECT start, count FROM log").fetchall() == [(2, 4)]
+    raw.close()
+    with SQLiteLogStore(path) as store:  # and it goes on as a format 2 log
+        store.write([(AppendOnPrefix(6, ("six",)),)])
+    assert reopen_and_load(path).entries[-1] == "six"
+
+
+def test_a_corrupted_format_1_log_is_refused_and_left_as_it_was(path):
+    good, bad = msgpack.packb(1), msgpack.packb(2)
+    format_1_file(path, [(2, good, zlib.crc32(good)), (3, bad, zlib.crc32(bad) + 1)])
+    with pytest.raises(CorruptLog, match="idx=3"):
+        SQLiteLogStore(path)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+        assert raw.execute("SELECT count(*) FROM log").fetchone() == (2,)
+    raw.close()

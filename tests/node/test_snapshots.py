@@ -94,7 +94,7 @@ def test_compaction_deletes_log_rows_and_load_returns_the_compacted_index_and_su
         store.write([(AppendOnPrefix(0, tuple(range(100))),), (SetDecidedIdx(100),)])
         store.write([(Compact(60, MARKER),)])
         assert store.checkpoints == 1
-    rows = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("SELECT min(idx), count(*) FROM log").fetchone()
+    rows = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("SELECT min(start), sum(count) FROM log").fetchone()
     assert rows == (60, 40)
     assert (tmp_path / "log.db-wal").stat().st_size == 0  # checkpointed and truncated after compacting
     with SQLiteLogStore(path) as store:
