@@ -100,11 +100,11 @@ def kv_state(cluster, pid):
 
 
 def log_rows(cluster, pid):
-    """(lowest index, number of rows) of a stopped node's durable log."""
+    """(lowest index, number of entries) of a stopped node's durable log (format 2: rows of consecutive entries)."""
     path = cluster.root / f"node-{pid}" / "log.db"
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return conn.execute("SELECT min(idx), count(*) FROM log").fetchone()
+        return conn.execute("SELECT min(start), sum(count) FROM log").fetchone()
     finally:
         conn.close()
 
