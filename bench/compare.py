@@ -115,8 +115,10 @@ def ensure_pysyncobj(venv: Path) -> tuple[str, str]:
                                 "print(version('pysyncobj'))"]
     got = subprocess.run(probe, capture_output=True, text=True)
     if got.returncode != 0:
-        log("installing pysyncobj==0.3.17 from PyPI into the venv")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "pysyncobj==0.3.17"], check=True)
+        # pyzmq and msgpack too: --system-site-packages sees the base interpreter's packages, not those of a
+        # virtualenv this script may run from.
+        log("installing pysyncobj==0.3.17, pyzmq and msgpack from PyPI into the venv")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "pysyncobj==0.3.17", "pyzmq", "msgpack"], check=True)
         got = subprocess.run(probe, capture_output=True, text=True, check=True)
     return str(python), f"PySyncObj {got.stdout.strip()}"
 
