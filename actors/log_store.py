@@ -311,27 +311,24 @@ class SQLiteLogStore:
 
     def _execute_step(self, conn: sqlite3.Connection, step: list) -> None:
         if step[0] == "compact":
-            idx = step[1]
-            straddling = self._row_before(conn, idx)
-            conn.execute("DELETE FROM log WHERE start < ?", (idx,))
-            if straddling is not None and straddling[0] + straddling[1] > idx:  # keep its entries from idx on
-                conn.executemany(_INSERT_ROW, self._rows(idx, self._row_entries(straddling)[idx - straddling[0]:]))
+            self._split_row_at(conn, step[1])
+            conn.execute("DELETE FROM log WHERE start < ?", (step[1],))
             return
         _, start, rows, log_end = step
         if start < log_end:  # replaces entries: not the plain append at the end that almost every call is
-            straddling = self._row_before(conn, start)
+            self._split_row_at(conn, start)
             conn.execute("DELETE FROM log WHERE start >= ?", (start,))
-            if straddling is not None and straddling[0] + straddling[1] > start:  # keep its entries before start
-                conn.execute("DELETE FROM log WHERE start = ?", (straddling[0],))
-                kept = self._row_entries(straddling)[:start - straddling[0]]
-                conn.executemany(_INSERT_ROW, self._rows(straddling[0], kept))
         conn.executemany(_INSERT_ROW, rows)
 
-    @staticmethod
-    def _row_before(conn: sqlite3.Connection, idx: int):
-        """The last row that starts below ``idx`` (it may hold entries at and after ``idx``), or None."""
-        return conn.execute("SELECT start, count, data, crc FROM log WHERE start < ? ORDER BY start DESC LIMIT 1",
-                            (idx,)).fetchone()
+    def _split_row_at(self, conn: sqlite3.Connection, idx: int) -> None:
+        """Make ``idx`` the start of a row (if a row holds it), so one DELETE can cut the log there."""
+        row = conn.execute("SELECT start, count, data, crc FROM log WHERE start < ? ORDER BY start DESC LIMIT 1",
+                           (idx,)).fetchone()
+        if row is None or row[0] + row[1] <= idx:
+            return
+        entries, cut = self._row_entries(row), idx - row[0]
+        conn.execute("DELETE FROM log WHERE start = ?", (row[0],))
+        conn.executemany(_INSERT_ROW, self._rows(row[0], entries[:cut]) + self._rows(idx, entries[cut:]))
 
     # -- failure ------------------------------------------------------------------------------------
 
