@@ -23,8 +23,8 @@ compaction neither file grows without bound.
 Layout (format 2): ``log(start, count, data, crc)`` holds the log from ``compacted_idx`` on in rows of
 consecutive entries, with no gaps: a row holds entries ``start`` to ``start + count - 1`` as one msgpack
 array (what one append of a call wrote, at most MAX_ROW_ENTRIES). One row per entry (format 1) made a
-commit of 80 entries cost 540 us of CPU against 200 us this way (SQLite's per-row work; measured with the
-commit pattern of a loaded follower), on every node, for every write. An append inside a row rewrites that
+commit of 80 entries cost 342 us of CPU against 218 us this way (SQLite's per-row work; `python
+bench/request_path.py --batch 80`, log write stage), on every node, for every write. An append inside a row rewrites that
 row's prefix; a compaction inside a row rewrites its suffix (both are rare: a new leader's log sync, a
 snapshot). A format 1 file is converted when it is opened. ``meta(key, value, crc)`` holds promise,
 accepted_round, decided_idx, compacted_idx, snapshot and stopsign. Values are msgpack (never pickle): a
