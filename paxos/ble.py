@@ -45,6 +45,7 @@ class BallotLeaderElection:
         self.stats: Counter = Counter()
         self._ticks = 0
         self._outgoing: list[Envelope] = []
+        self._heard_anyone = not self.peers  # see _round_timeout; a single node has nobody to wait for
         self._start_round()  # so the first timeout already has replies to judge by
 
     # ---- inputs -----------------------------------------------------------------------------------
@@ -85,6 +86,18 @@ class BallotLeaderElection:
     # ---- the round ------------------------------------------------------------------------------------
 
     def _round_timeout(self) -> Optional[Ballot]:
+        if not self._heard_anyone and not self.replies:
+            # Start-up grace (Omni): until the first reply this node has no evidence about anyone. On real
+            # sockets the first rounds' requests go out before the connections are up and are lost; judging
+            # such a round would make every node claim to lead (each Prepares with its own ballot) and then
+            # turn unhappy, which the others read as a dead cluster and take over with n=2. A round trip
+            # needs both directions of a link, so while this node hears nobody, nobody hears it either: its
+            # unchanged state misleads no one, and the grace ends with the first reply.
+            self.stats["rounds_unheard_at_start"] += 1
+            self._start_round()
+            self._sync_with_promise()
+            return None
+        self._heard_anyone = True
         self._adopt_highest_ballot()
         self._update_happiness()
         self._maybe_take_over()

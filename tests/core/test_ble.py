@@ -116,3 +116,42 @@ def test_leader_outbids_a_dead_ballot_a_restarted_peer_still_follows():
     net.round()
     assert net.ble[3].is_leader and net.ble[3].ballot > Ballot(7, 0, 1)
     assert net.ble[3].stats["outbid_stale_promise"] == 1
+
+
+def test_a_start_round_that_heard_nobody_costs_no_ballot_and_no_false_leader():
+    # On real sockets the first round's requests are sent before any connection is up and are lost. A node
+    # that has heard nobody since it started has no evidence about anyone: it must neither claim to lead
+    # (every node would Prepare with its own ballot) nor turn unhappy (the others would read that and take
+    # over with n=2). Once the links are up, the highest pid leads with its first ballot.
+    net = BleNet([1, 2, 3])
+    net.cut = {(a, b) for a in net.ble for b in net.ble if a != b}
+    net.round()
+    net.round()
+    assert net.led == {} and all(b.happy for b in net.ble.values())
+    net.cut = set()
+    net.round()  # its requests went out under the cut: one more round that heard nobody
+    assert net.led == {}
+    net.round()
+    assert net.leaders() == {3} and set(net.led) == {3}
+    assert net.ble[3].ballot == Ballot(1, 0, 3)
+    for _ in range(3):
+        net.round()
+    assert set(net.led) == {3} and all(b.leader == Ballot(1, 0, 3) for b in net.ble.values())
+
+
+def test_start_up_grace_ends_at_the_first_reply():
+    # The grace covers only rounds that heard nobody before the first reply: a node that heard a peer once
+    # and then loses everyone turns unhappy as the paper's rules say.
+    net = BleNet([1, 2, 3])
+    net.round()
+    assert net.leaders() == {3}
+    net.isolate(3)
+    net.round()
+    net.round()
+    assert not net.ble[3].happy
+
+
+def test_single_node_cluster_leads_at_its_first_round():
+    net = BleNet([4])
+    net.round()
+    assert net.leaders() == {4} and net.led == {4: Ballot(1, 0, 4)}
