@@ -48,7 +48,7 @@ from .messages import (
     MAX_TIMEOUT, Apply, CompactLog, LocalQueries, PeerReply, PeerRequest, Queries, Query, Replies, Reply, Tick,
 )
 from .snapshots import Snapshot, SnapshotError, SnapshotFetch, SnapshotStore, decode, payload_parts, serve
-from .supervision import SupervisedActor
+from .supervision import SupervisedActor, name_this_thread
 
 log = logging.getLogger("omni.applier")
 
@@ -284,6 +284,7 @@ class ApplierActor(SupervisedActor):
         self._compact_behind()
 
     def _write_snapshot_or_stop(self, idx: int, encode, sessions, paused: float) -> None:
+        name_this_thread("SnapshotWriter")
         try:
             self._write_snapshot(idx, encode, sessions, paused)
         except Exception as exc:  # a failed write or fsync is never retried: the node stops (DESIGN rule 5)

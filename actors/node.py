@@ -28,6 +28,7 @@ from .messages import PeerReply, PeerRequest, Tick
 from .reconfiguration import ConfigManager
 from .snapshots import SNAPSHOT_OP, SnapshotStore
 from .storage import StorageActor
+from .supervision import name_this_thread
 from .transport import Outbox, Transport
 
 log = logging.getLogger("omni.node")
@@ -156,6 +157,7 @@ class Node:
             self.gateway.tell(message)
 
     def _tick_forever(self) -> None:
+        name_this_thread("Ticker")
         period = self.config.tick_ms / 1000
         tick, next_at = Tick(), time.monotonic()
         while not self._done.is_set():

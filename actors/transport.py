@@ -41,6 +41,7 @@ import zmq.utils.monitor
 from omni.transport import codec
 
 from .messages import ClientFrame, ClientFrames, Inbound, PeerReply, PeerRequest, Reconnected
+from .supervision import name_this_thread
 
 log = logging.getLogger("omni.transport")
 
@@ -177,6 +178,7 @@ class Transport(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
+        name_this_thread("Transport")
         try:
             sockets = self._open()
         except zmq.ZMQError as exc:
