@@ -22,7 +22,8 @@ compaction neither file grows without bound.
 
 Layout (format 2): ``log(start, count, data, crc)`` holds the log from ``compacted_idx`` on in rows of
 consecutive entries, with no gaps: a row holds entries ``start`` to ``start + count - 1`` as one msgpack
-array (what one append of a call wrote, at most MAX_ROW_ENTRIES). One row per entry (format 1) made a
+array (consecutive appends of one call, at most MAX_ROW_ENTRIES entries; a batch the AcceptDecide already
+packed is not packed again, see `omni.transport.codec.pack_entries`). One row per entry (format 1) made a
 commit of 80 entries cost 342 us of CPU against 218 us this way (SQLite's per-row work; `python
 bench/request_path.py --batch 80`, log write stage), on every node, for every write. An append inside a row rewrites that
 row's prefix; a compaction inside a row rewrites its suffix (both are rare: a new leader's log sync, a
@@ -47,6 +48,7 @@ from omni.paxos.messages import ZERO_BALLOT, Ballot, StopSign
 from omni.paxos.storage import (
     AppendOnPrefix, Compact, LogState, SetAcceptedRound, SetDecidedIdx, SetPromise, SetStopSign, WriteGroup,
 )
+from omni.transport.codec import array_body, array_header, pack_entries
 
 FORMAT_VERSION = 2  # kept in PRAGMA user_version; format 1 is converted, any other is refused, not guessed at
 MAX_ROW_ENTRIES = 4096  # a long append (a follower catching up) still makes rows of bounded size
@@ -192,7 +194,7 @@ class SQLiteLogStore:
                 raise CorruptLog(f"log row idx={idx}: expected idx {first + len(entries)} next")
             entries.append(self._decode(f"log row idx={idx}", data, crc))
         if entries:
-            conn.executemany(_INSERT_ROW, self._rows(first, entries))
+            conn.executemany(_INSERT_ROW, self._rows(first, [entries]))
         conn.execute("DROP TABLE log_format_1")
 
     def _read_bounds(self) -> tuple[int, int]:
@@ -258,7 +260,7 @@ class SQLiteLogStore:
                 if isinstance(op, AppendOnPrefix):
                     if op.from_idx < compacted or op.from_idx > log_len:
                         raise ValueError(f"append at {op.from_idx} outside log [{compacted}, {log_len}]")
-                    self._plan_append(steps, op.from_idx, list(op.entries), log_len)
+                    self._plan_append(steps, op.from_idx, op.entries, log_len)
                     log_len = op.from_idx + len(op.entries)
                 elif isinstance(op, Compact):
                     if op.idx < compacted:
@@ -283,23 +285,46 @@ class SQLiteLogStore:
         return blobs, steps, (compacted, log_len)
 
     @staticmethod
-    def _plan_append(steps: list, from_idx: int, entries: list, log_len: int) -> None:
-        """Append steps are ``["append", start, entries, end of the log before it]`` (the entries become rows
-        once the call is planned)."""
+    def _plan_append(steps: list, from_idx: int, entries: tuple, log_len: int) -> None:
+        """Append steps are ``["append", start, parts, end of the log before it]``: ``parts`` are the entry
+        tuples of the call's appends (cut where a later one replaced entries); they become rows once the
+        call is planned."""
         last = steps[-1] if steps else None
-        if last is not None and last[0] == "append" and last[1] <= from_idx:
-            # Validation guarantees from_idx <= last's end here, so this is "truncate, then extend".
-            del last[2][from_idx - last[1]:]
-            last[2].extend(entries)
-        else:
-            steps.append(["append", from_idx, entries, log_len])
+        if last is None or last[0] != "append" or last[1] > from_idx:
+            steps.append(["append", from_idx, [entries], log_len])
+            return
+        # Validation guarantees from_idx <= last's end here, so this is "truncate, then extend".
+        keep, kept, total = from_idx - last[1], [], 0
+        for part in last[2]:
+            if total + len(part) > keep:
+                if keep > total:
+                    kept.append(part[:keep - total])
+                break
+            kept.append(part)
+            total += len(part)
+        kept.append(entries)
+        last[2] = kept
 
-    def _rows(self, start: int, entries: list) -> list:
-        pack, crc32, rows = self._pack, zlib.crc32, []
-        for offset in range(0, len(entries), MAX_ROW_ENTRIES):
-            chunk = entries[offset:offset + MAX_ROW_ENTRIES]
-            blob = pack(chunk)
-            rows.append((start + offset, len(chunk), blob, crc32(blob)))
+    @staticmethod
+    def _rows(start: int, parts: list) -> list:
+        """Rows of at most MAX_ROW_ENTRIES from entry tuples (or lists), each row one msgpack array. A part
+        packed before (the AcceptDecide to the followers carried the same tuple, or a follower decoded it
+        from one) comes from `pack_entries`' cache; a row of several parts joins their element encodings
+        under one array header."""
+        pieces = [part[i:i + MAX_ROW_ENTRIES] if len(part) > MAX_ROW_ENTRIES else part
+                  for part in parts for i in range(0, len(part), MAX_ROW_ENTRIES)]
+        rows, group, count = [], [], 0
+        for piece in pieces + [None]:  # None: close the last row
+            if group and (piece is None or count + len(piece) > MAX_ROW_ENTRIES):
+                if len(group) == 1:
+                    blob = pack_entries(group[0])
+                else:
+                    blob = b"".join([array_header(count), *(array_body(pack_entries(p)) for p in group)])
+                rows.append((start, count, blob, zlib.crc32(blob)))
+                start, group, count = start + count, [], 0
+            if piece:
+                group.append(piece)
+                count += len(piece)
         return rows
 
     def _row_entries(self, row: tuple) -> list:
@@ -328,7 +353,7 @@ class SQLiteLogStore:
             return
         entries, cut = self._row_entries(row), idx - row[0]
         conn.execute("DELETE FROM log WHERE start = ?", (row[0],))
-        conn.executemany(_INSERT_ROW, self._rows(row[0], entries[:cut]) + self._rows(idx, entries[cut:]))
+        conn.executemany(_INSERT_ROW, self._rows(row[0], [entries[:cut]]) + self._rows(idx, [entries[cut:]]))
 
     # -- failure ------------------------------------------------------------------------------------
 

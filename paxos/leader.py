@@ -14,6 +14,7 @@ round ends the reads must fail visibly rather than vanish with the round's state
 """
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Optional
 
 from .messages import (
@@ -35,10 +36,19 @@ class PendingAcceptDecide:
     def __init__(self, env: Envelope, entries: list, decided_idx: int, nbytes: int = 0):
         self.env, self.entries, self.decided_idx, self.nbytes = env, entries, decided_idx, nbytes
 
-    def finish(self) -> Envelope:
+    def finish(self, shared: list) -> Envelope:
+        """The AcceptDecide, its entries one of the ``shared`` tuples when they hold the very same entries
+        (the other followers' batches and the leader's own append): the host then encodes them once."""
+        mine = self.entries
+        for entries in shared:
+            if len(entries) == len(mine) and all(map(operator.is_, entries, mine)):
+                break
+        else:
+            entries = tuple(mine)
+            shared.append(entries)
         msg = self.env.msg
-        body = AcceptDecide(msg.n, msg.seq, self.decided_idx, tuple(self.entries))
-        return Envelope(self.env.src, self.env.dst, self.env.config_id, body)
+        return Envelope(self.env.src, self.env.dst, self.env.config_id,
+                        AcceptDecide(msg.n, msg.seq, self.decided_idx, entries))
 
 
 class LeaderState:

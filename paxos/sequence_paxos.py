@@ -261,7 +261,8 @@ class SequencePaxos(LeaderMixin, FollowerMixin, ReadIndexMixin):
         self._check_reads()
         self._collect_decided()
         ready = self._ready
-        ready.early = [m.finish() if isinstance(m, PendingAcceptDecide) else m for m in ready.early]
+        shared = [op.entries for group in ready.writes for op in group if isinstance(op, AppendOnPrefix)]
+        ready.early = [m.finish(shared) if isinstance(m, PendingAcceptDecide) else m for m in ready.early]
         self._ready = Ready()
         self._pending_ad.clear()
         self._pending_accepted.clear()

@@ -18,9 +18,14 @@ opaque msgpack values and are not inspected. They are unpacked with ``use_list=F
 as a tuple (an entry proposed as ``[1, 2]`` is received as ``(1, 2)``), maps as dicts (non-str keys allowed),
 extension types as ``msgpack.ExtType`` / ``msgpack.Timestamp``. `encode` trusts the local core's field types
 (no re-validation on the hot path) but raises CodecError for an unknown message type or kind, a value msgpack
-cannot pack (e.g. an int beyond 64 bits) or a frame above ``max_frame``.
+cannot pack (e.g. an int beyond 64 bits) or a frame above ``max_frame``. An AcceptDecide's entries are
+packed by `pack_entries`, which remembers the bytes of each tuple: the core hands every follower's
+AcceptDecide and its own log append one shared tuple, and `decode` remembers the bytes a follower received,
+so each node packs a batch at most once (the log store builds its rows from the same bytes).
 """
 from __future__ import annotations
+
+from collections import deque
 
 from msgpack import packb as _packb, unpackb as _unpackb
 
@@ -30,7 +35,7 @@ from omni.paxos.messages import (
     ProposalForward, ReadAck, ReadProbe, SequenceNumber, SnapshotSync, StopSign,
 )
 
-__all__ = ["MAX_FRAME", "VERSION", "CodecError", "decode", "encode", "is_ble"]
+__all__ = ["MAX_FRAME", "VERSION", "CodecError", "array_body", "decode", "encode", "is_ble", "pack_entries"]
 
 VERSION = 1
 MAX_FRAME = 256 * 1024 * 1024
@@ -52,6 +57,54 @@ def is_ble(env: Envelope) -> bool:
 
 
 # ---- encoding: per-type field tuples ------------------------------------------------------------------
+
+
+# ---- entries packed once -----------------------------------------------------------------------------
+#
+# One batch of entries is encoded for each follower's AcceptDecide and for the log row: the core hands all
+# of them one shared tuple (SequencePaxos.take_ready), and a follower's log write gets the very tuple its
+# AcceptDecide decoded to, whose bytes `decode` kept. So the encoding is remembered per tuple *object*
+# (entries are immutable values; the cache holds a reference, so an id is never reused while cached).
+# Several threads use it (SequencePaxos, Storage, transport): deque appends are atomic and a lookup works
+# on a snapshot of it.
+
+_PACKED: deque = deque(maxlen=16)  # (entries tuple, its msgpack array)
+_PACKED_MAX = 2 * 1024 * 1024  # a larger batch (a follower catching up) is packed each time, not pinned
+
+
+def pack_entries(entries) -> bytes:
+    """A msgpack array of ``entries`` (a tuple or a list): ``packb``'s bytes, or, for a tuple that `decode`
+    made, the bytes it was decoded from (the same values; a sender may encode them differently)."""
+    if type(entries) is tuple:
+        for obj, data in tuple(_PACKED):
+            if obj is entries:
+                return data
+    data = _packb(entries, use_bin_type=True)
+    _remember(entries, data)
+    return data
+
+
+def _remember(entries, data: bytes) -> None:
+    if type(entries) is tuple and len(data) <= _PACKED_MAX:
+        _PACKED.append((entries, data))
+
+
+def array_body(data: bytes) -> memoryview:
+    """The element encodings of one msgpack array: ``data`` without its array header."""
+    first = data[0]
+    skip = 1 if 0x90 <= first <= 0x9f else 3 if first == 0xdc else 5 if first == 0xdd else None
+    if skip is None:
+        raise ValueError(f"not a msgpack array (first byte {first:#x})")
+    return memoryview(data)[skip:]
+
+
+def array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` elements."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def _b(b: Ballot) -> tuple:
@@ -105,7 +158,13 @@ def encode(env: Envelope, max_frame: int = MAX_FRAME) -> bytes:
         raise CodecError(f"no wire format for {type(env.msg).__name__}")
     tag, fields = spec
     try:
-        data = _packb((VERSION, tag, env.src, env.dst, env.config_id) + fields(env.msg), use_bin_type=True)
+        if tag == 7:  # AcceptDecide: its entries (the last field) come packed, from the cache if shared
+            m = env.msg
+            head = _packb((VERSION, 7, env.src, env.dst, env.config_id, _b(m.n), _s(m.seq), m.decided_idx),
+                          use_bin_type=True)
+            data = b"\x99" + head[1:] + pack_entries(m.entries)  # fixarray of 8 fields -> of 9
+        else:
+            data = _packb((VERSION, tag, env.src, env.dst, env.config_id) + fields(env.msg), use_bin_type=True)
     except (TypeError, ValueError, OverflowError, KeyError, AttributeError, IndexError) as e:
         raise CodecError(f"cannot encode {type(env.msg).__name__}: {type(e).__name__}: {e}") from e
     if len(data) > max_frame:
@@ -262,4 +321,19 @@ def decode(data: bytes, max_frame: int = MAX_FRAME) -> Envelope:
     arity, build = spec
     if len(f) != _HEADER + arity:
         raise CodecError(f"message tag {tag} takes {arity} fields, got {len(f) - _HEADER}")
-    return Envelope(_id(f[2]), _id(f[3]), _id(f[4]), build(f))
+    env = Envelope(_id(f[2]), _id(f[3]), _id(f[4]), build(f))
+    if tag == 7:
+        _remember_received_entries(data, f)
+    return env
+
+
+def _remember_received_entries(data, f: tuple) -> None:
+    """Keep the bytes of an AcceptDecide's entries for the follower's log row (see pack_entries). Where
+    they begin is known only if the fields before them were encoded as this codec encodes them: a frame
+    whose first bytes are exactly that encoding has its entries right after (a msgpack value's encoding
+    ends where it ends). Another encoder's frame is simply not remembered, and its entries are packed."""
+    head = _packb(f[:8], use_bin_type=True)
+    at = len(head)
+    view = memoryview(data)
+    if view[0] == 0x99 and view[1:at] == head[1:]:
+        _remember(f[8], bytes(view[at:]))

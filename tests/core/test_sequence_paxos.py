@@ -276,6 +276,30 @@ def test_proposals_in_one_batch_share_one_accept_decide_per_follower():
     assert len(ready.writes) == 1
 
 
+def test_followers_batches_and_the_leaders_append_share_one_entries_tuple():
+    # The host encodes a tuple once (transport/codec.pack_entries), so the same entries must be the same object.
+    net = steady()
+    leader = net.nodes[3]
+    for i in range(10):
+        leader.propose([{"i": i}])
+    ready = leader.take_ready()
+    (append,), = ready.writes
+    batches = [e.msg.entries for e in ready.early if isinstance(e.msg, AcceptDecide)]
+    assert len(batches) == 2 and all(b is append.entries for b in batches)
+
+
+def test_a_follower_batch_that_differs_gets_its_own_tuple():
+    net = steady(entry_size=len, max_batch_bytes=10)
+    leader = net.nodes[3]
+    for word in ("aaaa", "bbbb", "cccc"):
+        leader.propose([word])
+    ready = leader.take_ready()
+    first, second = [e.msg.entries for e in ready.early if isinstance(e.msg, AcceptDecide) and e.dst == 1]
+    assert (first, second) == (("aaaa", "bbbb"), ("cccc",))
+    same = [e.msg.entries for e in ready.early if isinstance(e.msg, AcceptDecide) and e.dst == 2]
+    assert same[0] is first and same[1] is second
+
+
 # ---- compaction ---------------------------------------------------------------------------------------
 
 def test_trim_works_with_node_ids_five_six_seven():

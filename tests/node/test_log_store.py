@@ -409,3 +409,22 @@ def test_a_corrupted_format_1_log_is_refused_and_left_as_it_was(path):
         assert raw.execute("PRAGMA user_version").fetchone() == (1,)
         assert raw.execute("SELECT count(*) FROM log").fetchone() == (2,)
     raw.close()
+
+
+def test_a_row_joins_the_packed_appends_of_one_call(store, path, monkeypatch):
+    # A follower's AcceptDecide left its entries' bytes in the codec's cache (here with 7 as uint32, as
+    # another sender might encode it): the row reuses them beside freshly packed ones under one header.
+    from omni.actors import log_store
+    from omni.transport import codec
+    monkeypatch.setattr(log_store, "MAX_ROW_ENTRIES", 5)
+    received = (7, "x")
+    codec._remember(received, b"\x92\xce\x00\x00\x00\x07\xa1x")
+    store.write([(AppendOnPrefix(0, (1, 2)),), (AppendOnPrefix(2, received),), (AppendOnPrefix(4, (3, 4, 5)),),
+                 (AppendOnPrefix(3, ("replaced", 6)),)])
+    rows = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("SELECT start, count FROM log ORDER BY start")
+    assert rows.fetchall() == [(0, 5)]
+    assert reopen_and_load(path).entries == [1, 2, 7, "replaced", 6]
+    store.write([(AppendOnPrefix(5, tuple(range(12))),)])
+    rows = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("SELECT start, count FROM log ORDER BY start")
+    assert rows.fetchall() == [(0, 5), (5, 5), (10, 5), (15, 2)]
+    assert reopen_and_load(path).entries == [1, 2, 7, "replaced", 6, *range(12)]

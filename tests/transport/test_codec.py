@@ -411,3 +411,65 @@ def test_a_wrong_type_in_any_typed_position_raises_codec_error(e, data):
     new = data.draw(st.sampled_from(wrong_values(old)))
     with pytest.raises(CodecError):
         decode(frame_with(e, path, new))
+
+
+# ---- entries packed once (codec.pack_entries) -----------------------------------------------------------
+
+def test_accept_decide_frame_is_the_plain_msgpack_array_of_its_fields():
+    # AcceptDecide is encoded in two pieces (its entries from the cache): the bytes must not differ.
+    for entries in ((), tuple(range(20)), NESTED, tuple({"w": {"op": "put", "value": b"x" * 100}} for _ in range(3))):
+        e = env(AcceptDecide(B, SEQ, 5, entries), src=3, dst=9, config_id=4)
+        plain = msgpack.packb((codec.VERSION, 7, 3, 9, 4, (3, 1, 2), (1, 7), 5, entries), use_bin_type=True)
+        assert encode(e) == plain
+        assert decode(plain) == e
+
+
+def test_one_tuple_sent_to_two_followers_is_packed_once(monkeypatch):
+    calls = []
+    real = codec._packb
+    monkeypatch.setattr(codec, "_packb", lambda v, **kw: calls.append(v) or real(v, **kw))
+    entries = tuple({"k": i} for i in range(5))
+    frames = [encode(env(AcceptDecide(B, SEQ, 0, entries), dst=d)) for d in (2, 3)]
+    assert [c for c in calls if c is entries] == [entries], "the entries were packed more than once"
+    assert decode(frames[0]).msg.entries == decode(frames[1]).msg.entries == entries
+    assert codec.pack_entries(entries) == msgpack.packb(entries, use_bin_type=True)
+
+
+def test_a_decoded_accept_decide_keeps_the_bytes_its_entries_came_from():
+    # A sender may encode the same values differently (here 1 as uint32): the remembered bytes are the
+    # sender's, and they decode to the same entries, which is all a log row needs.
+    body = b"\x92\xce\x00\x00\x00\x01\xa1x"  # [1, "x"], its 1 as uint32
+    frame = msgpack.packb((codec.VERSION, 7, 1, 2, 1, (3, 1, 2), (1, 7), 0), use_bin_type=True)
+    frame = b"\x99" + frame[1:] + body
+    got = decode(frame).msg.entries
+    assert got == (1, "x")
+    assert codec.pack_entries(got) == body
+    assert msgpack.unpackb(codec.pack_entries(got), use_list=False) == got
+
+
+def test_entries_after_a_differently_encoded_header_are_not_remembered():
+    # Where the entries begin is known only when the fields before them are encoded as this codec does.
+    frame = msgpack.packb((codec.VERSION, 7, 1, 2, 1, (3, 1, 2), (1, 7)), use_bin_type=True)
+    frame = b"\x99" + frame[1:] + b"\xce\x00\x00\x00\x00" + b"\x91\xce\x00\x00\x00\x01"  # decided 0 as uint32
+    got = decode(frame).msg
+    assert got.decided_idx == 0 and got.entries == (1,)
+    assert codec.pack_entries(got.entries) == b"\x91\x01", "packed afresh, not taken from the frame"
+
+
+@pytest.mark.parametrize("frame", [
+    b"\x99\x01\x07",  # truncated after the tag
+    msgpack.packb((1, 7, 1, 2, 1, (3, 1, 2), (1, 7), 0, ()), use_bin_type=True) + b"\x00",  # a byte too many
+    b"\x99\x01\x07" + b"\xc1" * 20,  # never-used msgpack byte
+])
+def test_a_malformed_accept_decide_frame_raises_codec_error(frame):
+    with pytest.raises(CodecError):
+        decode(frame)
+
+
+def test_array_body_and_header_rebuild_an_array_of_any_size():
+    for n in (0, 1, 15, 16, 65535, 65536):
+        items = list(range(n))
+        packed = msgpack.packb(items)
+        assert codec.array_header(n) + bytes(codec.array_body(packed)) == packed
+    with pytest.raises(ValueError):
+        codec.array_body(msgpack.packb({"not": "an array"}))
