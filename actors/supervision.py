@@ -24,7 +24,7 @@ except (OSError, AttributeError):  # not Linux: threads keep the process's name
 
 def name_this_thread(name: str) -> None:
     """Give the calling thread a kernel name (15 bytes at most), so `top -H`, `ps -L` and
-    /proc/PID/task/TID/comm tell the actors apart (bench/cpu_per_op.sh --threads reads it). Best effort."""
+    /proc/PID/task/TID/comm tell the actors apart (bench/cpu_per_op.sh reads it). Best effort."""
     if _prctl is not None:
         _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 

@@ -35,7 +35,8 @@ from omni.paxos.messages import (
     ProposalForward, ReadAck, ReadProbe, SequenceNumber, SnapshotSync, StopSign,
 )
 
-__all__ = ["MAX_FRAME", "VERSION", "CodecError", "array_body", "decode", "encode", "is_ble", "pack_entries"]
+__all__ = ["MAX_FRAME", "VERSION", "CodecError", "array_body", "array_header", "decode", "encode", "is_ble",
+           "pack_entries"]
 
 VERSION = 1
 MAX_FRAME = 256 * 1024 * 1024
@@ -158,13 +159,11 @@ def encode(env: Envelope, max_frame: int = MAX_FRAME) -> bytes:
         raise CodecError(f"no wire format for {type(env.msg).__name__}")
     tag, fields = spec
     try:
-        if tag == 7:  # AcceptDecide: its entries (the last field) come packed, from the cache if shared
-            m = env.msg
-            head = _packb((VERSION, 7, env.src, env.dst, env.config_id, _b(m.n), _s(m.seq), m.decided_idx),
-                          use_bin_type=True)
-            data = b"\x99" + head[1:] + pack_entries(m.entries)  # fixarray of 8 fields -> of 9
+        frame = (VERSION, tag, env.src, env.dst, env.config_id) + fields(env.msg)
+        if tag == _ACCEPT_DECIDE:  # its entries, the last field, come from pack_entries (once per batch)
+            data = array_header(len(frame)) + _packed_head(frame) + pack_entries(frame[-1])
         else:
-            data = _packb((VERSION, tag, env.src, env.dst, env.config_id) + fields(env.msg), use_bin_type=True)
+            data = _packb(frame, use_bin_type=True)
     except (TypeError, ValueError, OverflowError, KeyError, AttributeError, IndexError) as e:
         raise CodecError(f"cannot encode {type(env.msg).__name__}: {type(e).__name__}: {e}") from e
     if len(data) > max_frame:
@@ -287,6 +286,7 @@ _DECODERS = {  # tag -> (number of fields, constructor from the whole frame)
     16: (2, lambda f: ReadAck(_ballot(f[5]), _nat(f[6]))),
 }
 assert {tag for tag, _ in _ENCODERS.values()} == set(_DECODERS)
+_ACCEPT_DECIDE = _ENCODERS[AcceptDecide][0]
 
 
 def _show(v) -> str:
@@ -322,18 +322,21 @@ def decode(data: bytes, max_frame: int = MAX_FRAME) -> Envelope:
     if len(f) != _HEADER + arity:
         raise CodecError(f"message tag {tag} takes {arity} fields, got {len(f) - _HEADER}")
     env = Envelope(_id(f[2]), _id(f[3]), _id(f[4]), build(f))
-    if tag == 7:
+    if tag == _ACCEPT_DECIDE:
         _remember_received_entries(data, f)
     return env
 
 
+def _packed_head(frame: tuple) -> memoryview:
+    """The element encodings of every field of ``frame`` but the last (which the caller adds)."""
+    return array_body(_packb(frame[:-1], use_bin_type=True))
+
+
 def _remember_received_entries(data, f: tuple) -> None:
     """Keep the bytes of an AcceptDecide's entries for the follower's log row (see pack_entries). Where
-    they begin is known only if the fields before them were encoded as this codec encodes them: a frame
+    they begin is known only if the fields before them were encoded as `encode` encodes them: a frame
     whose first bytes are exactly that encoding has its entries right after (a msgpack value's encoding
     ends where it ends). Another encoder's frame is simply not remembered, and its entries are packed."""
-    head = _packb(f[:8], use_bin_type=True)
-    at = len(head)
-    view = memoryview(data)
-    if view[0] == 0x99 and view[1:at] == head[1:]:
-        _remember(f[8], bytes(view[at:]))
+    head = array_header(len(f)) + _packed_head(f)
+    if memoryview(data)[:len(head)] == head:
+        _remember(f[-1], bytes(memoryview(data)[len(head):]))
