@@ -384,7 +384,7 @@ class ApplierActor(SupervisedActor):
         if "q" in entry:
             if not self._mine(entry):
                 return  # a read changes nothing: only the node that asked runs it (not peers, not replay)
-            outcome = self._run(lambda: self.sm.query(entry["q"]))
+            outcome = self._run(self.sm.query, entry["q"])
         elif "w" in entry:
             outcome = self._apply_write(idx, entry)
         else:
@@ -401,21 +401,21 @@ class ApplierActor(SupervisedActor):
     def _apply_write(self, idx: int, entry: dict) -> tuple:
         client, seq = entry.get("cl"), entry.get("sq")
         if not (isinstance(client, str) and isinstance(seq, int)):
-            return self._run(lambda: self.sm.apply(idx, entry["w"]))
+            return self._run(self.sm.apply, idx, entry["w"])
         if self.sm.keeps_sessions:  # looked up, applied and recorded in one transaction of the machine
-            return self._run(lambda: self.sm.apply(idx, entry["w"], session=(client, seq)))
+            return self._run(self.sm.apply, idx, entry["w"], session=(client, seq))
         try:
             known = self.sessions.lookup(client, seq)
         except StateMachineError as exc:
             return (False, None, exc.code, exc.message)
         if known is not None:
             return known
-        outcome = self._run(lambda: self.sm.apply(idx, entry["w"]))
+        outcome = self._run(self.sm.apply, idx, entry["w"])
         self.sessions.record(client, seq, outcome)
         return outcome
 
     @staticmethod
-    def _run(call) -> tuple:
+    def _run(call, *args, **kwargs) -> tuple:
         """Run one command or query; a failure the input causes becomes an error reply, never a crash.
 
         A decided entry is applied by every replica, and again after each restart: if bad input could kill
@@ -424,7 +424,7 @@ class ApplierActor(SupervisedActor):
         Anything else (a disk failure, say) still stops the node.
         """
         try:
-            return (True, call(), "", "")
+            return (True, call(*args, **kwargs), "", "")
         except StateMachineError as exc:
             return (False, None, exc.code, exc.message)
         except INPUT_ERRORS as exc:
@@ -438,7 +438,7 @@ class ApplierActor(SupervisedActor):
             self.waiting_since[query.req] = time.monotonic()
 
     def _answer(self, query: Query) -> None:
-        self._replies.append(Reply(query.req, *self._run(lambda: self.sm.query(query.request))))
+        self._replies.append(Reply(query.req, *self._run(self.sm.query, query.request)))
 
     def _answer_waiting(self) -> None:
         if self.waiting:
@@ -464,7 +464,7 @@ class ApplierActor(SupervisedActor):
             if now > deadline:  # this thread was busy (a snapshot, a long batch) past the client's timeout
                 outcome = (False, None, "TIMEOUT", "the local read waited past its timeout; retry")
             else:
-                outcome = self._run(lambda: self.sm.query(request))
+                outcome = self._run(self.sm.query, request)
             replies.append((route, self._pack(Reply(0, *outcome).to_client(rid))))
         self.node.outbox.send_clients(replies)
         self.node.local_reads_answered += len(queries)  # this thread alone writes it (the gateway reads it)

@@ -1,7 +1,8 @@
 """The `kv` state machine: an etcd-like key-value store kept in memory.
 
-Keys are non-empty strings, kept sorted (a `sortedcontainers.SortedDict`, so ``range`` over a million keys
-costs a bisection plus the items returned); values are any msgpack value and come back exactly as stored.
+Keys are non-empty strings, kept sorted (a plain dict of the items beside a `sortedcontainers.SortedList` of
+the keys, so ``range`` over a million keys costs a bisection plus the items returned; the dict alone serves
+a get or an overwrite, with no sorted-container method in between); values are any msgpack value and come back exactly as stored.
 A global revision counts successful mutations, as in etcd: each put, each delete of an existing key and
 each successful cas bumps it by one (so does each such op inside a batch); a failed cas or a delete of a
 missing key does not. Every key remembers the revision that last modified it.
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedList
 
 from .base import StateMachine, StateMachineError
 
@@ -42,6 +43,7 @@ _FORMAT = "omni.kv/1"
 _READS = {"get", "range"}
 _WRITES = {"put", "delete", "cas", "batch"}
 _BATCHABLE = {"put", "delete", "cas"}
+_NEEDED = {"put": ("value",), "delete": (), "cas": ("expected", "value")}  # fields besides "key"
 
 
 class KVStateMachine(StateMachine):
@@ -51,7 +53,8 @@ class KVStateMachine(StateMachine):
 
     def __init__(self, data_dir: Path | None = None):
         super().__init__(data_dir)
-        self._data: SortedDict = SortedDict()  # key -> (value, mod_revision)
+        self._data: dict = {}  # key -> (value, mod_revision)
+        self._keys = SortedList()  # the same keys, sorted (for range)
         self._revision = 0
         self._applied = 0
 
@@ -75,7 +78,12 @@ class KVStateMachine(StateMachine):
             raise ValueError(f"entry {index} is already applied (applied_index={self._applied})")
         try:
             op = _op(command)
-            if op in _READS:
+            if op == "put":  # the common write, checked and applied here (the same checks as _validate)
+                key = command.get("key")
+                if type(key) is not str or not key or "value" not in command:
+                    _validate(command)  # raises the precise error
+                result = {"revision": self._put(key, command["value"])}
+            elif op in _READS:
                 result = self.query(command)
             else:
                 _validate(command)
@@ -107,13 +115,17 @@ class KVStateMachine(StateMachine):
         if op == "delete":
             deleted = self._data.pop(key, None) is not None
             if deleted:
+                self._keys.remove(key)
                 self._revision += 1
             return {"deleted": deleted, "revision": self._revision}
         return self._cas(key, command["expected"], command["value"])
 
     def _put(self, key: str, value: Any) -> int:
         self._revision += 1
-        self._data[key] = (value, self._revision)
+        data = self._data
+        if key not in data:
+            self._keys.add(key)
+        data[key] = (value, self._revision)
         return self._revision
 
     def _cas(self, key: str, expected: Any, value: Any) -> dict:
@@ -138,13 +150,13 @@ class KVStateMachine(StateMachine):
             raise StateMachineError("BAD_REQUEST", "'limit' must be a non-negative integer (0: no limit)")
         if has_prefix:
             prefix = _string(request, "prefix", allow_empty=True)
-            keys = itertools.takewhile(lambda k: k.startswith(prefix), self._data.irange(minimum=prefix))
+            keys = itertools.takewhile(lambda k: k.startswith(prefix), self._keys.irange(minimum=prefix))
         else:
             start = _string(request, "start", allow_empty=True)
             end = request.get("end")
             if end is not None and not isinstance(end, str):
                 raise StateMachineError("BAD_REQUEST", "'end' must be a string or null")
-            keys = self._data.irange(minimum=start, maximum=end, inclusive=(True, False))
+            keys = self._keys.irange(minimum=start, maximum=end, inclusive=(True, False))
         taken = list(itertools.islice(keys, limit + 1)) if limit else list(keys)
         more = bool(limit) and len(taken) > limit
         items = [[k, self._data[k][0]] for k in (taken[:limit] if more else taken)]
@@ -165,7 +177,7 @@ class KVStateMachine(StateMachine):
         """Two shallow list copies now (values are never changed in place: a put stores a new tuple), the
         encoding later on the snapshot writer's thread."""
         data = self._data
-        keys, pairs = list(dict.keys(data)), list(dict.values(data))
+        keys, pairs = list(data), list(data.values())
         header = {"format": _FORMAT, "revision": self._revision, "applied_index": self._applied}
 
         def encode() -> bytes:
@@ -189,11 +201,12 @@ class KVStateMachine(StateMachine):
             keys, values, mods = state["keys"], state["values"], state["mod_revisions"]
             if not len(keys) == len(values) == len(mods):
                 raise ValueError("columns of different lengths")
-            items = SortedDict(zip(keys, zip(values, mods)))
+            items = dict(zip(keys, zip(values, mods)))
+            ordered = SortedList(items)  # raises TypeError for keys that do not compare (not all strings)
             revision, applied = int(state["revision"]), int(state["applied_index"])
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"not a kv snapshot: {e}") from e
-        self._data, self._revision, self._applied = items, revision, applied
+        self._data, self._keys, self._revision, self._applied = items, ordered, revision, applied
 
 
 _CHUNK = 4096  # items packed per call: one call holds the GIL, and a million items took 0.25-1 s in one
@@ -236,8 +249,7 @@ def _validate(command: dict, where: str = "") -> None:
             _validate(sub, f"ops[{i}]: ")
         return
     _key(command, where)
-    needed = {"put": ("value",), "delete": (), "cas": ("expected", "value")}[op]
-    for field in needed:
+    for field in _NEEDED[op]:
         if field not in command:
             raise StateMachineError("BAD_REQUEST", f"{where}{op} needs '{field}'")
 
