@@ -160,8 +160,8 @@ def render(runs: dict) -> str:
                     for n in (1, 2, 3)]]
     lines += ["", "Where it goes (measured apart, in one Python process: the same 1,000,000 keys as the kv state"
               " machine holds them, and the 1000 batch entries decoded as the log holds them): the kv state is about"
-              " 350 MiB (a SortedDict of 16-character str keys to (100-byte bytes, revision) tuples, about 365 bytes"
-              " a key); the decided log entries that the protocol core keeps in memory are most of the rest (their"
+              " 350 MiB (a dict of 16-character str keys to (100-byte bytes, revision) tuples and a SortedList of the"
+              " keys, about 365 bytes a key); the decided log entries that the protocol core keeps in memory are most of the rest (their"
               " keys and values are shared with the state, their maps are not). With the default `--snapshot-every"
               " 10000` a load of 1000 big entries never reaches a snapshot, so the whole log stays in memory (and on"
               " disk); a smaller setting compacts it behind each snapshot.",
