@@ -185,8 +185,10 @@ class ApplierActor(SupervisedActor):
             self._on_chunk(message)
 
     def _apply_held(self) -> None:
+        self.sm.begin_batch()  # one fsync for the run, not one per entry (a machine with files of its own)
         while self.held and self.fetch is None:
             self._apply_item(self.held.popleft())
+        self.sm.end_batch()  # durable before anyone is answered (the replies go out after on_receive)
         self._answer_waiting()
         self._report_replay()
 

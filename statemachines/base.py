@@ -118,5 +118,16 @@ class StateMachine(ABC):
         """
         return request
 
+    def begin_batch(self) -> None:
+        """The Applier is about to apply a run of decided entries and will call `end_batch` after the last.
+
+        A machine that keeps its own files may let each entry's commit skip its fsync until then: one fsync
+        per run instead of one per entry (sql.py does). Every entry must still be committed on its own, so
+        queries, snapshots and a crash of the process in between see whole entries only. The default does
+        nothing."""
+
+    def end_batch(self) -> None:
+        """Make everything applied since `begin_batch` durable; the Applier answers clients only after it."""
+
     def close(self) -> None:
         """Release files and connections."""

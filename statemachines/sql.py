@@ -7,8 +7,15 @@ transaction, together with the update of the applied log index in the table ``_o
 restart never applies an entry twice nor skips one. A command that fails (bad SQL, a constraint, a
 refused construct) leaves no trace but still advances the applied index, in a transaction of its own,
 because every replica fails it the same way. The write connection runs in WAL mode with
-``synchronous=FULL``; queries use a second, read-only connection. Which SQL is refused, and why, is in
-sql_guard.py; the stamped stand-ins for the clock and randomness are in sql_stamp.py.
+``synchronous=FULL``; queries use a second, read-only connection. Between `begin_batch` and `end_batch`
+(the Applier's run of decided entries) each command still commits on its own, with ``synchronous=NORMAL``:
+no fsync per command (a commit is then safe from a crash of the process, not yet from one of the machine),
+and `end_batch` fsyncs the WAL once, with a commit of the applied index under ``synchronous=FULL``, before
+the Applier answers anyone. A machine crash inside a run loses at most the run's last commits, never part
+of one: the file comes back at an earlier applied index, and the node replays the log from there (or
+restores its snapshot file, which `_restore_at_start` finds ahead). One fsync per command made pipelined
+inserts wait on the disk once per entry on every node (about 1,000 inserts/s at 400 in flight; now about
+2,400). Which SQL is refused, and why, is in sql_guard.py; the stamped stand-ins for the clock and randomness are in sql_stamp.py.
 
 The client-session table of exactly-once retries (PROTOCOL.md section 6) lives in the database too
 (``keeps_sessions``, statemachines/base.py): the database is not rebuilt from the log after a restart, so
@@ -152,6 +159,8 @@ class SQLStateMachine(StateMachine):
         self._set_applied_sql = f"INSERT OR REPLACE INTO {META_TABLE} (id, idx) VALUES (0, ?) -- {nonce}"
         self._conn, self._reader = self._open()
         self._applied = self._read_applied()
+        self._batching = False  # between begin_batch and end_batch: commits without fsync
+        self._batch_start = self._applied  # the applied index when the batch began (durable: FULL before)
         self.sessions = _SessionTable(self._conn, self._internal)
 
     # --- opening ---
@@ -238,6 +247,28 @@ class SQLStateMachine(StateMachine):
             raise
         self._record_applied(index + 1, session, (True, result, "", ""))
         return result
+
+    def begin_batch(self) -> None:
+        if self.data_dir is not None and not self._batching:
+            with self._internal():
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._batching, self._batch_start = True, self._applied
+
+    def end_batch(self) -> None:
+        if not self._batching:
+            return
+        self._batching = False
+        try:
+            with self._internal():
+                self._conn.execute("PRAGMA synchronous=FULL")
+                if self._applied != self._batch_start:  # a FULL commit fsyncs the WAL, the run's commits with it
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.execute(self._set_applied_sql, (self._applied,))
+                    self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise SQLNodeError(f"could not make applied index {self._applied} durable: {e}") from e
+        finally:
+            self._rollback()
 
     def query(self, request: dict) -> Any:
         if _op(request) == "execute":

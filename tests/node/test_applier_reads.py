@@ -78,3 +78,32 @@ def test_a_query_for_an_index_never_applied_is_dropped_after_the_longest_timeout
     (reply,) = [m for m in node.told if isinstance(m, (Reply, Replies))]
     assert isinstance(reply, Reply) and reply.req == 42 and reply.result["value"] == 5
     assert actor.waiting == [] and actor.waiting_since == {}
+
+
+class RecordingKV(KVStateMachine):
+    """A kv machine that logs the Applier's batch calls and applies between them."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.node, self.calls = node, []
+
+    def begin_batch(self):
+        self.calls.append(("begin", len(self.node.told)))
+
+    def apply(self, index, command):
+        self.calls.append(("apply", index))
+        return super().apply(index, command)
+
+    def end_batch(self):
+        self.calls.append(("end", len(self.node.told)))
+
+
+def test_a_decided_run_is_applied_between_one_begin_batch_and_one_end_batch_before_anyone_is_answered():
+    node = FakeNode()
+    sm = RecordingKV(node)
+    actor = ApplierActor(node, sm)
+    mine = [{"w": {"op": "put", "key": f"k{i}", "value": i}, "o": 1, "i": 7, "r": 10 + i} for i in range(3)]
+    actor.on_receive(Apply((DecidedEntries(0, tuple(mine[:2])), DecidedEntries(2, tuple(mine[2:])))))
+    assert sm.calls == [("begin", 0), ("apply", 0), ("apply", 1), ("apply", 2), ("end", 0)]
+    (replies,) = node.told  # told after end_batch: the writes were durable before anyone heard of them
+    assert [r.req for r in replies.replies] == [10, 11, 12]
