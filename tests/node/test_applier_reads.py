@@ -107,3 +107,12 @@ def test_a_decided_run_is_applied_between_one_begin_batch_and_one_end_batch_befo
     assert sm.calls == [("begin", 0), ("apply", 0), ("apply", 1), ("apply", 2), ("end", 0)]
     (replies,) = node.told  # told after end_batch: the writes were durable before anyone heard of them
     assert [r.req for r in replies.replies] == [10, 11, 12]
+
+
+def test_a_single_decided_entry_is_applied_without_a_batch():
+    node = FakeNode()
+    sm = RecordingKV(node)
+    actor = ApplierActor(node, sm)
+    actor.on_receive(Apply((DecidedEntries(0, ({"w": {"op": "put", "key": "k", "value": 1}, "o": 1, "i": 7,
+                                                 "r": 5},)),)))
+    assert sm.calls == [("apply", 0)]  # its own commit is durable: a batch would add a second one
