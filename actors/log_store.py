@@ -16,13 +16,14 @@ section 3):
   the file, and that is our "torn tail is dropped". So any mismatch we see is real corruption.
 
 Compaction: a ``Compact(idx)`` deletes the entries below ``idx`` in the same transaction, so `load()` never
-returns compacted entries. The deleted rows' pages go back to the database's free list, where later
-appends reuse them, and they are not overwritten with zeros (``secure_delete`` is off; Debian's SQLite
-turns it on): zeroing wrote every dropped page to the WAL and again to the database, so a compaction of
-10,000 puts, with the checkpoint that followed it, held the Storage thread for about 30 ms (12 ms of CPU)
-on every node under load; now about 5 ms (2 ms of CPU). The WAL is not truncated after a compaction any more either: SQLite's checkpoint at 1,000 WAL
-pages copies it into the database and the next commit starts it over, cut back to ``WAL_SIZE_LIMIT``
-after a burst (``journal_size_limit``). So with regular compaction neither file grows without bound.
+returns compacted entries. The deleted rows' pages go back to the database's free list, where later appends
+reuse them, and they are not overwritten with zeros (``secure_delete`` is off; Debian's SQLite turns it on):
+zeroing wrote every dropped page to the WAL and again to the database, so a compaction of 10,000 puts, with
+the checkpoint that followed it, held the Storage thread for about 30 ms (12 ms of CPU) on every node under
+load; now about 5 ms (2 ms of CPU). The WAL is not truncated after a compaction any more either: SQLite's
+checkpoint at 1,000 WAL pages copies it into the database and the next commit starts it over, cut back to
+``WAL_SIZE_LIMIT`` after a burst (``journal_size_limit``). So with regular compaction neither file grows
+without bound.
 
 Layout (format 2): ``log(start, count, data, crc)`` holds the log from ``compacted_idx`` on in rows of
 consecutive entries, with no gaps: a row holds entries ``start`` to ``start + count - 1`` as one msgpack
@@ -55,7 +56,7 @@ from omni.paxos.storage import (
 from omni.transport.codec import array_body, array_header, pack_entries
 
 FORMAT_VERSION = 2  # kept in PRAGMA user_version; format 1 is converted, any other is refused, not guessed at
-WAL_SIZE_LIMIT = 4 * 1024 * 1024  # bytes the WAL is cut back to when it starts over; ~ the checkpoint mark
+WAL_SIZE_LIMIT = 4 * 1024 * 1024  # bytes the WAL is cut back to when it starts over (~ checkpoint mark)
 MAX_ROW_ENTRIES = 4096  # a long append (a follower catching up) still makes rows of bounded size
 
 _SCHEMA = (

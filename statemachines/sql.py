@@ -1,21 +1,21 @@
 """The `sql` state machine: a replicated SQLite database (the ChiselStore idea).
 
-Every node applies the same ``execute`` commands, in log order, to its own SQLite file, so every node
-holds the same database; ``query`` reads the local copy. All statements of one command run in one
-transaction, together with the update of the applied log index in the table ``_omni_applied``
-(DESIGN.md rule 6): after a crash the file holds either the command and its index or neither, so a
-restart never applies an entry twice nor skips one. A command that fails (bad SQL, a constraint, a
-refused construct) leaves no trace but still advances the applied index, in a transaction of its own,
-because every replica fails it the same way. The write connection runs in WAL mode with
-``synchronous=FULL``; queries use a second, read-only connection. Between `begin_batch` and `end_batch`
-(the Applier's run of decided entries) each command still commits on its own, with ``synchronous=NORMAL``:
-no fsync per command (a commit is then safe from a crash of the process, not yet from one of the machine),
-and `end_batch` fsyncs the WAL once, with a commit of the applied index under ``synchronous=FULL``, before
-the Applier answers anyone. A machine crash inside a run loses at most the run's last commits, never part
-of one: the file comes back at an earlier applied index, and the node replays the log from there (or
-restores its snapshot file, which `_restore_at_start` finds ahead). One fsync per command made pipelined
-inserts wait on the disk once per entry on every node (about 1,000 inserts/s at 400 in flight; now about
-2,400). Which SQL is refused, and why, is in sql_guard.py; the stamped stand-ins for the clock and randomness are in sql_stamp.py.
+Every node applies the same ``execute`` commands, in log order, to its own SQLite file, so every node holds
+the same database; ``query`` reads the local copy. All statements of one command run in one transaction,
+together with the update of the applied log index in the table ``_omni_applied`` (DESIGN.md rule 6): after a
+crash the file holds either the command and its index or neither, so a restart never applies an entry twice
+nor skips one. A command that fails (bad SQL, a constraint, a refused construct) leaves no trace but still
+advances the applied index, in a transaction of its own, because every replica fails it the same way. The
+write connection runs in WAL mode with ``synchronous=FULL``; queries use a second, read-only connection.
+Between `begin_batch` and `end_batch` (the Applier's run of decided entries) each command still commits on its
+own, with ``synchronous=NORMAL``: no fsync per command (a commit is then safe from a crash of the process, not
+yet from one of the machine), and `end_batch` fsyncs the WAL once, with a commit of the applied index under
+``synchronous=FULL``, before the Applier answers anyone. A machine crash inside a run loses at most the run's
+last commits, never part of one: the file comes back at an earlier applied index, and the node replays the log
+from there (or restores its snapshot file, which `_restore_at_start` finds ahead). One fsync per command made
+pipelined inserts wait on the disk once per entry on every node (about 1,000 inserts/s at 400 in flight; now
+about 2,400). Which SQL is refused, and why, is in sql_guard.py; the stamped stand-ins for the clock and
+randomness are in sql_stamp.py.
 
 The client-session table of exactly-once retries (PROTOCOL.md section 6) lives in the database too
 (``keeps_sessions``, statemachines/base.py): the database is not rebuilt from the log after a restart, so
@@ -261,7 +261,7 @@ class SQLStateMachine(StateMachine):
         try:
             with self._internal():
                 self._conn.execute("PRAGMA synchronous=FULL")
-                if self._applied != self._batch_start:  # a FULL commit fsyncs the WAL, the run's commits with it
+                if self._applied != self._batch_start:  # a FULL commit: fsyncs the whole WAL
                     self._conn.execute("BEGIN IMMEDIATE")
                     self._conn.execute(self._set_applied_sql, (self._applied,))
                     self._conn.execute("COMMIT")
