@@ -1,7 +1,6 @@
 """Claims of the sql state machine's batches (begin_batch / end_batch, statemachines/sql.py): every command
-still commits on its own, a run costs one fsync at its end, and where a run begins or ends changes no
-result and no state."""
-import os
+still commits on its own (under synchronous=NORMAL, FULL again after the run), a killed process keeps every
+commit, and where a run begins or ends changes no result and no state."""
 import random
 import signal
 import sqlite3
