@@ -87,8 +87,10 @@ class Sessions:
     def lookup(self, client: str, seq: int):
         """The stored result of (client, seq); raises StateMachineError for a seq too old to know."""
         seqs = self.clients.get(client)
-        if seqs is not None and seq in seqs:
-            return seqs[seq]
+        if seqs is not None:
+            known = seqs.get(seq)  # an outcome is a tuple, never None
+            if known is not None:
+                return known
         if seq < self.floor.get(client, 0):
             raise session_too_old(client, seq)
         return None
@@ -106,7 +108,8 @@ class Sessions:
             floor = self.floor.get(client, 0)
             while len(seqs) > self.seqs_per_client:
                 old, _ = seqs.popitem(last=False)
-                floor = max(floor, old + 1)
+                if old >= floor:
+                    floor = old + 1
             self.floor[client] = floor
         while len(clients) > self.max_clients:
             gone, _ = clients.popitem(last=False)
